@@ -1,0 +1,89 @@
+"""The ``mess-edge`` command line: one click group whose subcommands are the pipeline stages.
+
+Subcommands are loaded lazily from the module that implements them, so ``mess-edge --help`` and every
+device-side command work on a machine without torch. Each command module imports only click at top level.
+"""
+
+import importlib
+import sys
+
+import click
+
+from mess_edge.errors import MessError
+
+# name -> "module:attribute". Host-side commands (torch) and device-side ones live in their own modules.
+COMMANDS = {
+    "data": "mess_edge.data.commands:data",
+    "info": "mess_edge.model.commands:info",
+    "train": "mess_edge.train.commands:train",
+    "eval": "mess_edge.train.commands:evaluate",
+    "calibrate": "mess_edge.calibrate:calibrate_command",
+    "export": "mess_edge.export.commands:export",
+    "build": "mess_edge.runtime.commands:build",
+    "profile": "mess_edge.runtime.commands:profile",
+    "bench": "mess_edge.runtime.commands:bench",
+    "search": "mess_edge.search.commands:search",
+    "run": "mess_edge.runtime.run_commands:run",
+    "demo": "mess_edge.demo:demo_command",
+}
+
+
+class LazyGroup(click.Group):
+    """A group that imports a subcommand's module only when that subcommand is needed."""
+
+    def list_commands(self, ctx):
+        return sorted(name for name in COMMANDS if self._find(name) is not None)
+
+    def get_command(self, ctx, name):
+        return self._find(name)
+
+    @staticmethod
+    def _find(name):
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            # A stage not written yet (or its module missing) is simply absent from the CLI.
+            if e.name and module_name.startswith(e.name):
+                return None
+            raise
+        return getattr(module, attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mess-edge")
+def cli():
+    """mess-edge: train a multi-exit segmentation network once, deploy it on every device.
+
+    \b
+    Pipeline: data -> train -> calibrate -> export -> build -> profile -> search -> run
+    """
+
+
+def main(argv=None):
+    """Console entry point: user mistakes print one line and exit 2, never a traceback."""
+    try:
+        cli.main(args=argv, prog_name="mess-edge", standalone_mode=False)
+    except MessError as e:
+        click.echo("error: {}".format(e), err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except OSError as e:
+        # Files the user named: unreadable, no space, permission denied.
+        click.echo("error: {}".format(e), err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
