@@ -66,7 +66,9 @@ def cli():
 def main(argv=None):
     """Console entry point: user mistakes print one line and exit 2, never a traceback."""
     try:
-        cli.main(args=argv, prog_name="mess-edge", standalone_mode=False)
+        rc = cli.main(args=argv, prog_name="mess-edge", standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except MessError as e:
         click.echo("error: {}".format(e), err=True)
         sys.exit(2)
