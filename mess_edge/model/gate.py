@@ -1,0 +1,96 @@
+"""The exit policy's image confidence as a torch module, exported inside every head's ONNX graph.
+
+The head graph returns its native-resolution logits and one scalar, so on the device only the label map (for
+the exit taken) and one float cross to the host, and nothing is upsampled before the exit decision. The
+definition (eqs. 7-9, readings settled) is in ``mess_edge.confidence``; this module computes exactly what
+``mess_edge.confidence.image_confidence_fast`` mirrors:
+
+    conf   = max_c softmax(logits)                      (or 1 + C / log C * mean_c p log p for "entropy")
+    passed = conf >= th_pix                             pixel passes eq. 7's threshold
+    labels = argmax_c logits;  edge = maxpool3x3(labels) + maxpool3x3(-labels) > 0   (another label nearby)
+    votes  = avgpool(passed, 5x5, count_include_pad=0)  fraction of the in-image window that passes
+    score  = where(edge, votes, passed);  confidence = mean(score > 0.5 + 1 / (4 n))
+
+On an edge pixel the lower median of its window is >= th_pix exactly when more than half the window passes
+(n = window size), which is what the vote tests; the 1 / (4 n) margin keeps that test clear of rounding in
+fp16 (a majority is >= 0.5 + 1 / (2 n), a non-majority <= 0.5).
+
+ONNX ops at opset 17: Softmax, ReduceMax / ReduceMean (axes as attributes), GreaterOrEqual, Greater, Cast,
+ArgMax, MaxPool (no dilations), Neg, Add, AveragePool, Where: all in TensorRT 8.5's ONNX parser, no TopK, no
+data-dependent shapes. MaxPool's padding never wins a max (ONNX and TensorRT pad max pooling with -inf), so
+the 3x3 test only sees in-image pixels, like the numpy mirror.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mess_edge.errors import MessError
+
+KINDS = ("top1", "entropy")
+
+
+class ConfidenceGate(nn.Module):
+    """Image confidence of one exit's prediction (paper eqs. 7-9), at the logits' native resolution.
+
+    edge: apply the semantic-edge median enhancement (eqs. 8-9). radius: median window half-size in native
+    pixels (2 -> 5x5, the paper's +-2 os). kind: "top1" or "entropy" pixel confidence.
+    """
+
+    def __init__(self, edge=True, radius=2, kind="top1"):
+        super().__init__()
+        if kind not in KINDS:
+            raise MessError("got confidence kind {!r}; expected one of {}; try kind='top1'".format(kind, KINDS))
+        if int(radius) < 1:
+            raise MessError("got median radius {}; expected >= 1 (2 is the paper's 5x5 window)".format(radius))
+        self.edge = bool(edge)
+        self.radius = int(radius)
+        self.kind = kind
+        window = (2 * self.radius + 1) ** 2
+        self.vote_threshold = 0.5 + 1.0 / (4 * window)
+
+    def extra_repr(self):
+        return "edge={}, radius={}, kind={!r}".format(self.edge, self.radius, self.kind)
+
+    def forward(self, logits, th_pix):
+        """logits: float [1, C, h, w]; th_pix: float32 [1]. Returns the confidence, float32 [1] in [0, 1]."""
+        num_classes = logits.shape[1]
+        if num_classes < 2:
+            raise MessError("got logits with {} class; expected >= 2".format(num_classes))
+        if self.kind == "top1":
+            conf = torch.softmax(logits, dim=1).amax(dim=1, keepdim=True)
+        else:
+            # Reduce with a mean (ReduceMean keeps `axes` an attribute at opset 17; ReduceSum would not).
+            plogp = torch.softmax(logits, dim=1) * torch.log_softmax(logits, dim=1)
+            conf = 1.0 + (num_classes / math.log(num_classes)) * plogp.mean(dim=1, keepdim=True)
+        if th_pix.dtype != conf.dtype:  # fp16 heads; a no-op Cast in the fp32 graph otherwise
+            th_pix = th_pix.to(conf.dtype)
+        passed = conf >= th_pix
+        if self.edge:
+            passed = passed.to(conf.dtype)
+            labels = logits.argmax(dim=1, keepdim=True).to(conf.dtype)  # class ids < 2048: exact in fp16 too
+            edge = (F.max_pool2d(labels, 3, 1, 1) + F.max_pool2d(-labels, 3, 1, 1)) > 0
+            k = 2 * self.radius + 1
+            votes = F.avg_pool2d(passed, k, stride=1, padding=self.radius, count_include_pad=False)
+            passed = torch.where(edge, votes, passed) > self.vote_threshold
+        # Count in float32 whatever the head's precision: fp16 cannot count past 2048 pixels exactly.
+        return passed.to(torch.float32).mean(dim=(1, 2, 3))
+
+
+class HeadWithGate(nn.Module):
+    """A head plus its confidence gate: the module the exporter writes as one head graph.
+
+    forward(feat [1, C_in, h, w], th_pix float32 [1]) -> (logits [1, C, h, w] native resolution,
+    confidence float32 [1]).
+    """
+
+    def __init__(self, head, gate=None):
+        super().__init__()
+        self.head = head
+        self.gate = ConfidenceGate() if gate is None else gate
+
+    def forward(self, feat, th_pix):
+        logits = self.head(feat)
+        return logits, self.gate(logits, th_pix)

@@ -1,0 +1,214 @@
+"""Cost model of the search: Table 1's formulas, and the cost table they read (device side: numpy only).
+
+Segment k is the backbone from exit point k-1 (or the image, k = 0) to exit point k; "final" is the graph that
+runs the rest of the backbone after the last exit point plus the final head; the upsample graph (bilinear +
+argmax to the input size) runs once per image, for the exit that image takes. Costs are GMACs from the
+manifest ("macs") or median milliseconds from a lut.json ("latency").
+
+The Table 1 functions below exclude the upsample; ``cost_upsample`` adds it. Sums are plain left-to-right
+loops (not ``sum``, which is compensated from Python 3.12) so the vectorised search can repeat them bitwise.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mess_edge.errors import MessError
+from mess_edge.search.memo import ARCH_KEYS, head_graph_name
+
+COST_MODELS = {"macs": "gmacs", "latency": "ms"}
+
+
+def _add(values):
+    total = 0.0
+    for v in values:
+        total += float(v)
+    return total
+
+
+def segment_sum(segment, start, stop):
+    """Cost of segments start..stop-1 (backbone from exit point start-1, or the image, to exit point stop-1)."""
+    return _add(segment[start:stop])
+
+
+def cost_final_only(segment, final):
+    """Table 1, final-only: cost(b_1:K_N) + cost(final exit)."""
+    return segment_sum(segment, 0, len(segment)) + final
+
+
+def cost_budgeted(segment, n, head_n):
+    """Table 1, budgeted up to exit point n (0-based): cost(b_1:K_n) + cost(head at n)."""
+    return segment_sum(segment, 0, n + 1) + head_n
+
+
+def cost_anytime(segment, final, heads):
+    """Table 1, anytime: the whole backbone, the final exit and every selected head (costs ``heads``)."""
+    return segment_sum(segment, 0, len(segment)) + final + _add(heads)
+
+
+def cost_input_dependent(segment, final, exits, remaining):
+    """Table 1, input-dependent: sum over selected exits n of p_{n-1} (backbone from the previous exit + head_n).
+
+    exits: [(exit point, head cost)] in backbone order; remaining: [p_1..p_k], the fraction of images still
+    running after each selected exit (p_k reaches the final exit, which is added last); p_0 = 1.
+    """
+    total, p_prev, prev = 0.0, 1.0, -1
+    for (n, head_cost), p in zip(exits, remaining):
+        total += p_prev * (segment_sum(segment, prev + 1, n + 1) + head_cost)
+        p_prev, prev = p, n
+    return total + p_prev * (segment_sum(segment, prev + 1, len(segment)) + final)
+
+
+def cost_upsample(taken, upsample):
+    """Upsample cost per image: sum of (fraction of images taking exit j) * (that exit's upsample cost)."""
+    total = 0.0
+    for q, u in zip(taken, upsample):
+        total += q * u
+    return total
+
+
+@dataclass(frozen=True, eq=False)
+class CostTable:
+    """Cost of every piece of the overprovisioned network, aligned with a memo's heads."""
+
+    model: str  # "macs" or "latency"
+    segment: np.ndarray  # float64 [N], segment k (N exit points)
+    head: np.ndarray  # float64 [H], memo head h
+    final: float  # rest of the backbone + final head
+    upsample: np.ndarray  # float64 [H+1], upsample after head h (index H: after the final exit)
+    head_graphs: tuple = ()  # [H] head graph names (default: the manifest naming rule)
+
+    def __post_init__(self):
+        if self.model not in COST_MODELS:
+            raise MessError("got cost model {!r}; expected one of {}".format(self.model, ", ".join(COST_MODELS)))
+        if len(self.upsample) != len(self.head) + 1:
+            raise MessError("got {} upsample costs for {} heads; expected H+1".format(len(self.upsample), len(self.head)))
+        arrays = [self.segment, self.head, self.upsample, [self.final]]
+        if any(not np.all(np.isfinite(np.asarray(a, dtype=float))) or np.any(np.asarray(a, dtype=float) < 0)
+               for a in arrays):
+            raise MessError("got a negative or non-finite cost in the {} table; expected costs >= 0".format(self.model))
+
+    @property
+    def unit(self):
+        return COST_MODELS[self.model]
+
+    def final_only(self):
+        """Final-only cost including its upsample."""
+        return cost_final_only(self.segment, self.final) + self.upsample[-1]
+
+
+def make_cost_table(model, segment, head, final, upsample=None, head_graphs=()):
+    """CostTable from plain sequences; upsample defaults to 0 for every exit (scalar = the same for all)."""
+    head = np.asarray(head, dtype=np.float64)
+    if upsample is None or np.ndim(upsample) == 0:
+        upsample = np.full(len(head) + 1, 0.0 if upsample is None else float(upsample))
+    return CostTable(model, np.asarray(segment, dtype=np.float64), head, float(final),
+                     np.asarray(upsample, dtype=np.float64), tuple(head_graphs))
+
+
+def _arch_key(arch):
+    if not isinstance(arch, dict):
+        return None
+    return tuple(int(arch.get(k, -1)) for k in ARCH_KEYS)
+
+
+def _graphs(manifest, role):
+    return [g for g in manifest.get("graphs", []) if g.get("role") == role]
+
+
+def _output_hw(graph):
+    for o in graph.get("outputs", []):
+        if o.get("name") == "logits":
+            return tuple(o["shape"][-2:])
+    return None
+
+
+def _upsample_for(graph, upsamples, where):
+    """The upsample graph whose input resolution matches ``graph``'s logits (one graph serves all if alone)."""
+    if not upsamples:
+        return None
+    hw = _output_hw(graph)
+    for u in upsamples:
+        if hw is not None and tuple(u["inputs"][0]["shape"][-2:]) == hw:
+            return u
+    if len(upsamples) == 1:
+        return upsamples[0]
+    raise MessError("{}: got no upsample graph for {}'s logits of size {}; expected one per output resolution; "
+                    "try re-exporting".format(where, graph.get("name"), hw))
+
+
+def _manifest_pieces(manifest, memo, where):
+    """(segments by index, head graph per memo head, final graph, upsample graph per head + final)."""
+    n = len(manifest.get("exit_points", []))
+    segments = {g.get("index"): g for g in _graphs(manifest, "segment")}
+    missing = [k for k in range(n) if k not in segments]
+    finals = _graphs(manifest, "final")
+    if missing or len(finals) != 1:
+        raise MessError("{}: got segments {} and {} final graph(s); expected segment_0..segment_{} and one final; "
+                        "try re-exporting".format(where, sorted(k for k in segments if k is not None), len(finals), n - 1))
+    by_key = {(g.get("exit"), _arch_key(g.get("arch"))): g for g in _graphs(manifest, "head")}
+    heads = []
+    for h in range(memo.n_heads):
+        key = (int(memo.head_exit[h]), tuple(int(v) for v in memo.head_arch[h]))
+        if key not in by_key:
+            raise MessError("{}: got memo head {} absent from the manifest; expected every memo head exported; "
+                            "try exporting the checkpoint the memo was calibrated from".format(where, memo.head_label(h)))
+        heads.append(by_key[key])
+    ups = _graphs(manifest, "upsample")
+    upsample = [_upsample_for(g, ups, where) for g in heads + finals]
+    return [segments[k] for k in range(n)], heads, finals[0], upsample
+
+
+def _gmacs(graph, where):
+    value = graph.get("gmacs")
+    if not isinstance(value, (int, float)):
+        raise MessError("{}: got gmacs {!r} for graph {}; expected a number".format(where, value, graph.get("name")))
+    return float(value)
+
+
+def costs_from_manifest(manifest, memo, where="manifest"):
+    """MAC cost table (GMACs) of ``memo``'s heads from the manifest's per-graph "gmacs"."""
+    segments, heads, final, upsample = _manifest_pieces(manifest, memo, where)
+    return make_cost_table(
+        "macs", [_gmacs(g, where) for g in segments], [_gmacs(g, where) for g in heads], _gmacs(final, where),
+        [0.0 if u is None else _gmacs(u, where) for u in upsample], [g.get("name") for g in heads])
+
+
+def costs_from_lut(lut, manifest, memo, where="lut"):
+    """Latency cost table (median ms) of ``memo``'s heads from a lut.json profiled from ``manifest``'s graphs."""
+    segments, heads, final, upsample = _manifest_pieces(manifest, memo, where)
+    entries = {}
+    for e in lut.get("segments", []):
+        entries[e.get("name")] = entries[("segment", e.get("index"))] = e
+    for e in lut.get("heads", []):
+        entries[e.get("name")] = entries[("head", e.get("exit"), _arch_key(e.get("arch")))] = e
+    for key in ("final", "monolithic"):
+        if isinstance(lut.get(key), dict):
+            entries[lut[key].get("name", key)] = lut[key]
+    ups = lut.get("upsample")
+    if isinstance(ups, list):  # one entry per upsample graph, by name
+        entries.update({e.get("name"): e for e in ups})
+
+    def ms(graph):
+        entry = entries.get(graph["name"])
+        if entry is None and graph["role"] == "segment":
+            entry = entries.get(("segment", graph.get("index")))
+        if entry is None and graph["role"] == "head":
+            entry = entries.get(("head", graph.get("exit"), _arch_key(graph.get("arch"))))
+        if entry is None and graph["role"] == "upsample" and isinstance(ups, dict):
+            entry = ups  # the spec's single upsample entry serves every resolution
+        if entry is None or not isinstance(entry.get("median_ms"), (int, float)):
+            raise MessError("{}: got no median_ms for graph {}; expected every segment, memo head, final and "
+                            "upsample profiled; try mess-edge profile again".format(where, graph["name"]))
+        return float(entry["median_ms"])
+
+    return make_cost_table(
+        "latency", [ms(g) for g in segments], [ms(g) for g in heads], ms(final),
+        [0.0 if u is None else ms(u) for u in upsample], [g.get("name") for g in heads])
+
+
+def head_graph_names(table, memo):
+    """[H] head graph names: the table's, else the manifest naming rule."""
+    if len(table.head_graphs) == memo.n_heads:
+        return list(table.head_graphs)
+    return [head_graph_name(memo.head_exit[h], memo.head_arch[h]) for h in range(memo.n_heads)]
