@@ -100,5 +100,20 @@ def test_miou_batch_equals_loop_of_miou():
     expected = np.array([[miou(confs[i, j]) for j in range(9)] for i in range(6)])
     np.testing.assert_allclose(out, expected, rtol=1e-12, equal_nan=True)
     assert math.isnan(out[1, 2])
+    # Narrow integer types are summed in 64 bits (uint8 row sums of 11 x 49 would wrap).
+    np.testing.assert_allclose(miou_batch(confs.astype(np.uint8)), expected, rtol=1e-12, equal_nan=True)
     # Float accumulations (summed memo matrices) give the same answer.
     np.testing.assert_allclose(miou_batch(confs.astype(np.float64)), expected, rtol=1e-12, equal_nan=True)
+
+
+def test_miou_batch_across_chunks():
+    # More matrices than one internal chunk, with a leading shape that must be restored.
+    rng = np.random.default_rng(3)
+    confs = rng.integers(0, 5, (3, 3000, 4, 4))
+    confs[:, ::7, 2, :] = 0
+    confs[:, ::7, :, 2] = 0
+    out = miou_batch(confs)
+    assert out.shape == (3, 3000)
+    flat = confs.reshape(-1, 4, 4)
+    expected = np.array([_reference_miou(flat[i].tolist()) for i in range(0, flat.shape[0], 97)])
+    np.testing.assert_allclose(out.reshape(-1)[::97], expected, rtol=1e-12)

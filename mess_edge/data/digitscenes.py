@@ -140,7 +140,8 @@ def generate_digitscenes(out_dir, size=128, n_train=2000, n_cal=500, n_test=500,
     unless it is a DigitScenes output with identical parameters (then nothing is written).
 
     Returns a dict: out_dir, params, counts {split: n}, fg_mean / fg_p5 / fg_p95 (foreground fraction of
-    non-ignored pixels, 0..1), seconds, up_to_date (bool), digits_used {split: sorted sample indices}.
+    non-ignored pixels, 0..1), seconds, up_to_date (bool), and, when images were generated,
+    digits_used {split: sorted indices of the load_digits samples drawn}.
     """
     t0 = time.perf_counter()
     params = _params(size, n_train, n_cal, n_test, seed)

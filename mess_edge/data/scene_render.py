@@ -33,7 +33,11 @@ def _coverage(hi_mask):
 
 
 def _paint(img, lab, alpha, y0, x0, colour, cls):
-    """Composite a coverage patch at (y0, x0) (may be partly outside) onto img [H,W,3] / lab [H,W]."""
+    """Composite a coverage patch at (y0, x0) (may be partly outside) onto img [H,W,3] / lab [H,W].
+
+    Colour: alpha blending by coverage. Label: coverage >= 0.75 takes ``cls``; 0.25 < coverage < 0.75 over
+    a different class becomes 255 (ambiguous); coverage <= 0.25 leaves the label as it was.
+    """
     H, W = lab.shape
     ph, pw = alpha.shape
     ya, xa, yb, xb = max(y0, 0), max(x0, 0), min(y0 + ph, H), min(x0 + pw, W)
@@ -50,6 +54,7 @@ def _paint(img, lab, alpha, y0, x0, colour, cls):
 
 
 def _background(rng, n, lum, r):
+    """Background float32 [n, n, 3]: base colour of luminance lum; gradient, texture, stripes scaled by r."""
     import cv2
 
     img = np.empty((n, n, 3), np.float32)
@@ -71,6 +76,7 @@ def _background(rng, n, lum, r):
 
 
 def _clutter(rng, img, r, lum_fg, s):
+    """Draw Poisson(8 r) background-labelled lines, blobs and arcs onto img in place."""
     import cv2
 
     n = img.shape[0]
@@ -120,6 +126,7 @@ def _digit_alpha(rng, digit8, h, w, angle_deg):
 
 
 def _occluder_alpha(rng, n, centre, s):
+    """Coverage [n, n] of one occluder (bar, ellipse or rotated rectangle) centred at centre = (x, y)."""
     import cv2
 
     hi = np.zeros((_SS * n, _SS * n), np.uint8)

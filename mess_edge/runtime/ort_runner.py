@@ -30,13 +30,14 @@ OrtThreading.__doc__ = """The process's ORT threading: mode "global" (one shared
 _THREADING = None  # set once per process by configure_ort_threads
 
 
-def configure_ort_threads(intra_threads=None, inter_threads=1):
+def configure_ort_threads(intra_threads=None, inter_threads=1, global_pool=True):
     """Create ONE global ORT thread pool for this process (once; later calls return the first result).
 
     Must run before the first InferenceSession of the process (OrtRunner calls it on activation).
     ``intra_threads`` default: the physical cores this process may use. Returns an OrtThreading; when the
     private setter is missing or refuses (pools already created by someone else), mode is "per-session"
     and every OrtRunner gives its session its own non-spinning pool of ``intra_threads`` threads.
+    ``global_pool=False`` chooses that per-session mode on purpose (to measure it in a fresh process).
     """
     global _THREADING
     if _THREADING is not None:
@@ -44,6 +45,9 @@ def configure_ort_threads(intra_threads=None, inter_threads=1):
     if intra_threads is None:
         from mess_edge.runtime.device import physical_cores
         intra_threads = physical_cores()
+    if not global_pool:
+        _THREADING = OrtThreading("per-session", int(intra_threads), int(inter_threads), "chosen")
+        return _THREADING
     try:
         from onnxruntime.capi import _pybind_state
         _pybind_state.set_global_thread_pool_sizes(int(intra_threads), int(inter_threads))
@@ -79,9 +83,10 @@ def resolve_providers(providers):
 def session_options(threads=None, spinning=False, level="all"):
     """SessionOptions for latency: sequential execution, graph optimisation ``level``.
 
-    ``threads=None``: join the process pool (see configure_ort_threads). An int: this session gets its
-    own pool of that many threads, spinning only if ``spinning`` (spinning helps a session that runs
-    alone and hurts every other session sharing the cores). Returns (options, description string).
+    ``threads=None`` joins the process pool (configure_ort_threads; an int there sets its size if it is
+    the first session of the process). Only where the global pool is unavailable does an int give this
+    session its own pool, spinning only if ``spinning`` (spinning helps a session that runs alone and
+    hurts every other session sharing the cores). Returns (options, description string).
     """
     import onnxruntime as ort
 
@@ -92,9 +97,14 @@ def session_options(threads=None, spinning=False, level="all"):
     so = ort.SessionOptions()
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = levels[level]
-    if threads is None:
-        pool = configure_ort_threads()
+    pool = configure_ort_threads(threads)
+    if threads is None or pool.mode == "global":
         if pool.mode == "global":
+            if threads is not None and int(threads) != pool.intra_threads:
+                # ORT refuses per-session pools once the global pool exists
+                raise MessError("got threads={} for an ONNX Runtime session; this process already runs one "
+                                "global pool of {} threads; try threads=None, or a separate process"
+                                .format(threads, pool.intra_threads))
             so.use_per_session_threads = False
             return so, "global pool ({} intra)".format(pool.intra_threads)
         threads, spinning = pool.intra_threads, False

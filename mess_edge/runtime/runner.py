@@ -100,13 +100,17 @@ class Runner(object):
         """(shape tuple, numpy dtype) of one fed value; backends override for their own value types."""
         return tuple(value.shape), value.dtype
 
+    def _feed_names(self):
+        """Inputs a feed must name; a backend whose inputs can be wired to device buffers returns fewer."""
+        return list(self._inputs)
+
     def check_feed(self, feed, required=None):
-        """Raise MessError unless ``feed`` names exactly the ``required`` inputs (default: all) with the
-        declared shapes and dtypes."""
+        """Raise MessError unless ``feed`` names exactly the ``required`` inputs (default: all inputs not
+        wired elsewhere) with the declared shapes and dtypes."""
         if not isinstance(feed, collections.abc.Mapping):
             raise MessError("runner '{}' got a feed of type {}; expected a dict of input name -> array"
                             .format(self.name, type(feed).__name__))
-        expected = list(self._inputs) if required is None else list(required)
+        expected = self._feed_names() if required is None else list(required)
         missing = [n for n in expected if n not in feed]
         extra = [n for n in feed if n not in expected]
         if missing or extra:

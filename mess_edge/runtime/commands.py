@@ -1,0 +1,69 @@
+"""Device-side commands `build`, `profile` and `bench`: parse options, call one library function.
+
+Only click is imported here; the backends load inside the commands, so `mess-edge --help` works anywhere.
+"""
+
+import click
+
+
+def _progress(i, n, name, stats):
+    click.echo("[{:>3}/{}] {:<26} median {:8.4f} ms  p90 {:8.4f} ms  p99 {:8.4f} ms  n {}".format(
+        i, n, name, stats.median_ms, stats.p90_ms, stats.p99_ms, stats.n))
+
+
+@click.command()
+@click.argument("onnx_dir", type=click.Path())
+@click.option("--backend", type=click.Choice(["ort", "trt"]), required=True,
+              help="ONNX Runtime (optimised graphs) or TensorRT (serialized plans).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--calib-data", type=click.Path(), default=None,
+              help="int8: folder of calibration images (or preprocessed .npy arrays).")
+@click.option("--calib-images", type=int, default=32, show_default=True, help="int8: images used.")
+@click.option("--dla", "dla_core", type=int, default=None, help="TensorRT: build for this DLA core.")
+@click.option("--provider", type=click.Choice(["cpu", "cuda", "trt"]), default="cpu", show_default=True,
+              help="ORT: execution provider the graphs run with.")
+@click.option("--workspace-mib", type=int, default=1024, show_default=True, help="TensorRT builder workspace.")
+@click.option("--out", "out_dir", type=click.Path(), default=None,
+              help="Engine folder [default: engines/<device-id>/].")
+def build(onnx_dir, backend, precision, calib_data, calib_images, dla_core, provider, workspace_mib, out_dir):
+    """Build ONNX_DIR's graphs for this device: ORT optimised graphs or TensorRT plans, plus engine.json."""
+    from mess_edge.runtime.build import build_engines
+
+    out = build_engines(onnx_dir, backend, precision, out_dir, providers=(provider,), dla_core=dla_core,
+                        calib_dir=calib_data, calib_max_images=calib_images, workspace_mib=workspace_mib,
+                        log=click.echo)
+    click.echo("engines written to {}".format(out))
+
+
+@click.command()
+@click.argument("engine_dir", type=click.Path())
+@click.option("--out", type=click.Path(), default=None, help="LUT path [default: ENGINE_DIR/lut.json].")
+@click.option("--min-iters", type=int, default=50, show_default=True, help="Timed runs per graph, at least.")
+@click.option("--min-seconds", type=float, default=1.0, show_default=True, help="Seconds per graph, at least.")
+@click.option("--warmup-s", type=float, default=0.5, show_default=True, help="Untimed seconds per graph first.")
+@click.option("--th-pix", type=float, default=0.5, show_default=True, help="Pixel threshold fed to heads.")
+def profile(engine_dir, out, min_iters, min_seconds, warmup_s, th_pix):
+    """Time every graph of ENGINE_DIR alone and write the latency table (lut.json)."""
+    import os
+
+    from mess_edge.runtime.profile import ProfileConfig, profile_engines
+
+    config = ProfileConfig(min_iters=min_iters, min_seconds=min_seconds, warmup_s=warmup_s, th_pix=th_pix)
+    profile_engines(engine_dir, out, config, progress=_progress)
+    click.echo("latency table written to {}".format(out or os.path.join(engine_dir, "lut.json")))
+
+
+@click.command()
+@click.argument("engine_dir", type=click.Path())
+@click.option("--min-seconds", type=float, default=0.3, show_default=True, help="Seconds per graph, at least.")
+@click.option("--pairs", type=int, default=200, show_default=True, help="Interleaved chain/monolithic pairs.")
+@click.option("--json", "json_out", type=click.Path(), default=None, help="Also save the result as JSON.")
+def bench(engine_dir, min_seconds, pairs, json_out):
+    """Latency and GMAC/s of every graph; chained final-only path vs the fastest monolithic setting."""
+    from mess_edge.artifacts import write_json_atomic
+    from mess_edge.runtime.profile import BenchConfig, bench_engines, format_bench
+
+    result = bench_engines(engine_dir, BenchConfig(min_seconds=min_seconds, pairs=pairs), progress=_progress)
+    click.echo(format_bench(result))
+    if json_out:
+        write_json_atomic(json_out, result)

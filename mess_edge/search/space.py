@@ -1,0 +1,340 @@
+"""The configuration space of eq. 4 for each inference setting: enumeration, Table 1 costs, vectorised mIoU.
+
+The space is cut into *families* that share a structure: the selected exit points (and, input-dependent, the
+pixel threshold). Within a family a configuration is a point of a grid [A_1, ..., A_k], one axis per selected
+exit, whose entries are that exit point's trained heads (input-dependent: head x image threshold, head-major).
+A family computes the cost of its whole grid at once, and the mIoU of any subset of it with matrix products.
+
+Input-dependent accuracy, why it is a matrix product: with G_j[a, i] = 1 when image i leaves at axis j's exit
+under option a, the per-image stats an image contributes satisfy W_j = W_{j+1} + G_j * (S_{h_j} - W_{j+1})
+(W_{k+1} = S_final). Summed over images, the total for (a_1, r) with r = (a_2..a_k) is
+E_1[a_1] + (1 - G_1)[a_1, :] @ W_2[:, r], where E_1[a_1] = G_1[a_1, :] @ S_{h(a_1)}: one BLAS call per block.
+Counts of images still running give the costs the same way, without the stats.
+
+The grid order (families by number of exits, then exit points, then pixel threshold; inside, axis 1 major) is
+the canonical enumeration order; the brute-force reference enumerates in the same order.
+"""
+
+import itertools
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from mess_edge.errors import MessError
+from mess_edge.search.costs import cost_final_only, segment_sum
+from mess_edge.search.memo import POLICIES, miou_from_stats
+
+SETTINGS = ("final-only", "budgeted", "anytime", "input-dependent")
+ANYTIME_ACCURACY = ("final", "min")  # the final exit's mIoU (default), or the worst of the selected exits + final
+DEFAULT_MAX_EXITS_INPUT_DEPENDENT = 2  # 3 exits of 16 heads x 11 thresholds would be ~2e8 configurations per point set
+
+_BLOCK_BYTES = 64 << 20  # bound on each temporary of a matrix-product block
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The gridded thresholds of the input-dependent exit policy and the guard on the space size."""
+
+    th_img: tuple = tuple(round(0.5 + 0.05 * k, 2) for k in range(11))  # image thresholds 0.50..1.00, per exit
+    th_pix: tuple = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))  # pixel thresholds 0.50..0.95, shared by exits
+    max_configs: int = 20000000  # refuse spaces larger than this (costs are held for every configuration)
+
+
+@dataclass(frozen=True)
+class Config:
+    """One configuration: selected early exits (memo head indices, backbone order) and the exit policy."""
+
+    heads: tuple  # memo head indices
+    th_img: tuple  # image threshold per selected exit (input-dependent), else ()
+    th_pix: Optional[float]  # shared pixel threshold (input-dependent with edge/raw policy), else None
+    final: bool  # False only for a budgeted configuration that stops at an early exit
+
+
+def pixel_bins(memo, grid, policy):
+    """Sorted distinct memo bin indices nearest to grid.th_pix (never the edge 1.0); [None] for policy mean."""
+    if policy == "mean":
+        return [None]
+    edges = memo.hist_bins[:-1]
+    return sorted({int(np.argmin(np.abs(edges - t))) for t in grid.th_pix})
+
+
+class Context:
+    """What every family reads: the memo's stats and confidences, the costs, the grids."""
+
+    def __init__(self, memo, costs, policy, grid, anytime_accuracy="final"):
+        if policy not in POLICIES:
+            raise MessError("got policy {!r}; expected one of {}".format(policy, ", ".join(POLICIES)))
+        if anytime_accuracy not in ANYTIME_ACCURACY:
+            raise MessError("got anytime accuracy {!r}; expected one of {}".format(anytime_accuracy,
+                                                                                  ", ".join(ANYTIME_ACCURACY)))
+        n = len(costs.segment)
+        if len(costs.head) != memo.n_heads or (memo.n_heads and int(memo.head_exit.max()) >= n):
+            raise MessError("got a cost table of {} heads and {} segments for a memo of {} heads at exit points {}; "
+                            "expected the same heads; try building the costs from this memo".format(
+                                len(costs.head), n, memo.n_heads, sorted(set(memo.head_exit.tolist()))))
+        self.memo, self.costs, self.policy, self.grid = memo, costs, policy, grid
+        self.anytime_accuracy = anytime_accuracy
+        self.n_points, self.n_images, self.final = n, memo.n_images, memo.n_heads
+        self.heads_at = [np.flatnonzero(memo.head_exit == p) for p in range(n)]
+        self.points = tuple(p for p in range(n) if len(self.heads_at[p]))
+        self.segsum = np.array([[segment_sum(costs.segment, a, b) for b in range(n + 1)] for a in range(n + 1)])
+        self.head_cost = np.asarray(costs.head, dtype=np.float64)
+        self.ups = np.asarray(costs.upsample, dtype=np.float64)
+        self.final_only_cost = cost_final_only(costs.segment, costs.final) + float(self.ups[-1])
+        self.head_miou = memo.head_miou()
+        self.th_img = np.asarray(grid.th_img, dtype=np.float64)
+        self.bins = pixel_bins(memo, grid, policy)
+        self.th_pix = [None if b is None else float(memo.hist_bins[b]) for b in self.bins]
+        # Sums of pixel counts are exact in float32 below 2**24 (twice BLAS speed); else float64.
+        self.dtype = np.float32 if memo.exact_float32() else np.float64
+        self.stats = memo.stats(self.dtype)  # [H+1, I, 3C]
+        self.stats_t = np.ascontiguousarray(self.stats.transpose(1, 0, 2))  # [I, H+1, 3C]
+        self._cache = {}
+
+    def gates(self, point, q):
+        """(heads [A], threshold index [A], G bool [A, I]): option a = (head, th_img) at ``point`` lets image i out."""
+        key = ("gate", point, q)
+        if key not in self._cache:
+            heads = np.repeat(self.heads_at[point], len(self.th_img))
+            t_idx = np.tile(np.arange(len(self.th_img)), len(self.heads_at[point]))
+            conf = self.memo.image_confidence(self.policy, self.bins[q])
+            self._cache[key] = (heads, t_idx, conf[heads] >= self.th_img[t_idx][:, None])
+        return self._cache[key]
+
+    def leave_sums(self, point, q):
+        """E [A, 3C]: stats summed over the images that leave at option a (G[a] @ S[head(a)])."""
+        key = ("leave", point, q)
+        if key not in self._cache:
+            heads, _, g = self.gates(point, q)
+            e = np.empty((len(heads), self.stats.shape[2]), dtype=self.dtype)
+            for h in np.unique(heads):
+                rows = np.flatnonzero(heads == h)
+                e[rows] = g[rows].astype(self.dtype) @ self.stats[h]
+            self._cache[key] = e
+        return self._cache[key]
+
+
+def _axis(values, j, k):
+    """Reshape a 1-D array for axis j of a k-axis grid."""
+    return np.reshape(values, [1] * j + [-1] + [1] * (k - j - 1))
+
+
+class FinalOnly:
+    """The final exit alone (final-only; also the budgeted and input-dependent spaces' no-early-exit option)."""
+
+    k, size = 0, 1
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    def costs(self):
+        return np.array([self.ctx.final_only_cost])
+
+    def miou(self, idx):
+        return np.full(len(idx), self.ctx.head_miou[-1])
+
+    def config(self, j):
+        return Config((), (), None, True)
+
+    def descriptions(self):
+        return ["final"]
+
+
+class Budgeted:
+    """One early exit, every trained head: cost(b_1:K_n) + head + its upsample; mIoU of that head on all images."""
+
+    k = 1
+
+    def __init__(self, ctx):
+        self.ctx, self.size = ctx, ctx.final
+
+    def costs(self):
+        c = self.ctx
+        return c.segsum[0, c.memo.head_exit + 1] + c.head_cost + c.ups[:-1]
+
+    def miou(self, idx):
+        return self.ctx.head_miou[np.asarray(idx)]
+
+    def config(self, j):
+        return Config((int(j),), (), None, False)
+
+    def descriptions(self):
+        return [self.ctx.memo.head_label(h) for h in range(self.size)]
+
+
+class Anytime:
+    """One head at each of ``points``, then the final: Table 1's anytime cost; mIoU per ctx.anytime_accuracy."""
+
+    def __init__(self, ctx, points):
+        self.ctx, self.points, self.k = ctx, points, len(points)
+        self.axes = [ctx.heads_at[p] for p in points]
+        self.shape = tuple(len(a) for a in self.axes)
+        self.size = int(np.prod(self.shape))
+
+    def costs(self):
+        c = self.ctx
+        heads = 0.0
+        for j, a in enumerate(self.axes):
+            heads = heads + _axis(c.head_cost[a], j, self.k)
+        base = c.segsum[0, c.n_points] + c.costs.final
+        return np.broadcast_to(base + heads + c.ups[-1], self.shape).ravel()
+
+    def miou(self, idx):
+        c = self.ctx
+        if c.anytime_accuracy == "final":
+            return np.full(len(idx), c.head_miou[-1])
+        ix = np.unravel_index(np.asarray(idx), self.shape)
+        worst = np.full(len(idx), c.head_miou[-1])
+        for j, a in enumerate(self.axes):
+            worst = np.minimum(worst, c.head_miou[a[ix[j]]])
+        return worst
+
+    def config(self, j):
+        ix = np.unravel_index(int(j), self.shape)
+        return Config(tuple(int(a[i]) for a, i in zip(self.axes, ix)), (), None, True)
+
+    def descriptions(self):
+        labels = [[self.ctx.memo.head_label(h) for h in a] for a in self.axes]
+        return ["+".join(p) for p in itertools.product(*labels)]
+
+
+class InputDependent:
+    """Exits at ``points`` (options head x th_img) then the final, pixel threshold index q: see the module doc."""
+
+    def __init__(self, ctx, points, q):
+        self.ctx, self.points, self.q, self.k = ctx, points, q, len(points)
+        self.gates = [ctx.gates(p, q) for p in points]
+        self.shape = tuple(len(g[0]) for g in self.gates)
+        self.size = int(np.prod(self.shape))
+
+    def _stay(self, j):
+        return (~self.gates[j][2]).astype(self.ctx.dtype)  # [A_j, I] 1 where the image goes on
+
+    def remaining(self):
+        """[p_1..p_k]: fraction of images still running after selected exit j, shape [A_1..A_j]."""
+        c, stay1 = self.ctx, self._stay(0)
+        rem = [stay1.sum(axis=1).astype(np.float64) / c.n_images]
+        prod = None  # [A_2 * .. * A_j, I]: 1 where the image goes on past exits 2..j
+        for j in range(1, self.k):
+            stay = self._stay(j)
+            prod = stay if prod is None else (prod[:, None, :] * stay[None, :, :]).reshape(-1, c.n_images)
+            counts = (stay1 @ prod.T).astype(np.float64)  # exact: integers below 2**24
+            rem.append(counts.reshape(self.shape[:j + 1]) / c.n_images)
+        return rem
+
+    def costs(self):
+        c, k = self.ctx, self.k
+        rem = [r.reshape(r.shape + (1,) * (k - r.ndim)) for r in self.remaining()]
+        # Same operations, in the same order, as costs.cost_input_dependent + costs.cost_upsample.
+        total, p_prev, prev = 0.0, 1.0, -1
+        for j, n in enumerate(self.points):
+            term = c.segsum[prev + 1, n + 1] + c.head_cost[self.gates[j][0]]
+            total = total + p_prev * _axis(term, j, k)
+            p_prev, prev = rem[j], n
+        total = total + p_prev * (c.segsum[prev + 1, c.n_points] + c.costs.final)
+        ups, p_prev = 0.0, 1.0
+        for j in range(k):
+            ups = ups + (p_prev - rem[j]) * _axis(c.ups[self.gates[j][0]], j, k)
+            p_prev = rem[j]
+        ups = ups + p_prev * c.ups[-1]
+        return np.broadcast_to(total + ups, self.shape).ravel()
+
+    def _continuation(self, cols):
+        """W_2 for columns r (flat over axes 2..k): [I, len(cols), 3C] stats of the exit each image takes."""
+        c = self.ctx
+        w = c.stats_t[:, c.final, :][:, None, :]
+        if self.k == 1:
+            return w
+        ix = np.unravel_index(cols, self.shape[1:])
+        for j in range(self.k - 1, 0, -1):
+            heads, _, g = self.gates[j]
+            a = ix[j - 1]
+            out = g[a].T.astype(c.dtype)[:, :, None]  # [I, n, 1]
+            w = w + out * (c.stats_t[:, heads[a], :] - w)
+        return w
+
+    def miou(self, idx):
+        c = self.ctx
+        idx = np.asarray(idx, dtype=np.int64)
+        inner = self.size // self.shape[0]
+        a1, r = np.divmod(idx, inner)
+        rows, row_of = np.unique(a1, return_inverse=True)
+        order = np.argsort(r, kind="stable")
+        r_sorted = r[order]
+        cols = np.unique(r)
+        stay1 = self._stay(0)[rows]
+        leave = c.leave_sums(self.points[0], self.q)
+        width = c.stats.shape[2] * c.stats.itemsize
+        step = max(1, min(len(cols), _BLOCK_BYTES // (width * c.n_images), _BLOCK_BYTES // (width * len(rows))))
+        out = np.empty(len(idx))
+        for c0 in range(0, len(cols), step):
+            chunk = cols[c0:c0 + step]
+            w = self._continuation(chunk)
+            block = (stay1 @ w.reshape(c.n_images, -1)).reshape(len(rows), len(chunk), -1)
+            sel = order[np.searchsorted(r_sorted, chunk[0]):np.searchsorted(r_sorted, chunk[-1], side="right")]
+            sums = block[row_of[sel], np.searchsorted(chunk, r[sel])] + leave[a1[sel]]
+            out[sel] = miou_from_stats(sums)
+        return out
+
+    def config(self, j):
+        ix = np.unravel_index(int(j), self.shape)
+        heads = tuple(int(g[0][i]) for g, i in zip(self.gates, ix))
+        th_img = tuple(float(self.ctx.th_img[g[1][i]]) for g, i in zip(self.gates, ix))
+        return Config(heads, th_img, self.ctx.th_pix[self.q], True)
+
+    def descriptions(self):
+        memo, th = self.ctx.memo, self.ctx.th_img
+        labels = [["{}@{:.2f}".format(memo.head_label(h), th[t]) for h, t in zip(g[0], g[1])] for g in self.gates]
+        pix = self.ctx.th_pix[self.q]
+        tail = "" if pix is None else " pix{:.2f}".format(pix)
+        return ["+".join(p) + tail for p in itertools.product(*labels)]
+
+
+def resolve_max_exits(ctx, setting, max_exits):
+    """The early-exit cap in force: None means all exit points (anytime) or 2 (input-dependent); else >= 1."""
+    if setting not in ("anytime", "input-dependent"):
+        return 1 if setting == "budgeted" else 0
+    if max_exits is None:
+        return len(ctx.points) if setting == "anytime" else DEFAULT_MAX_EXITS_INPUT_DEPENDENT
+    if max_exits < 1:
+        raise MessError("got --max-exits {}; expected at least 1".format(max_exits))
+    return int(max_exits)
+
+
+def families(ctx, setting, max_exits):
+    """The families of ``setting``'s space in canonical order; refuses spaces over ctx.grid.max_configs."""
+    if setting not in SETTINGS:
+        raise MessError("got setting {!r}; expected one of {}".format(setting, ", ".join(SETTINGS)))
+    if setting == "final-only":
+        return [FinalOnly(ctx)]
+    if setting == "budgeted":
+        return [FinalOnly(ctx), Budgeted(ctx)]
+    if not ctx.points:
+        raise MessError("got a memo without early-exit heads; expected at least one for the {} setting; "
+                        "try --setting final-only".format(setting))
+    max_exits = resolve_max_exits(ctx, setting, max_exits)
+    combos = [p for k in range(1, min(max_exits, len(ctx.points)) + 1) for p in itertools.combinations(ctx.points, k)]
+    per_option = 1 if setting == "anytime" else len(ctx.th_img)
+    n_pix = 1 if setting == "anytime" else len(ctx.bins)
+    total = sum(int(np.prod([len(ctx.heads_at[p]) * per_option for p in c])) * n_pix for c in combos)
+    if total > ctx.grid.max_configs:
+        raise MessError("got {:,} {} configurations with --max-exits {}; expected at most {:,}; try a smaller "
+                        "--max-exits or coarser threshold grids".format(total, setting, max_exits, ctx.grid.max_configs))
+    if setting == "anytime":
+        return [Anytime(ctx, c) for c in combos]
+    return [FinalOnly(ctx)] + [InputDependent(ctx, c, q) for c in combos for q in range(len(ctx.bins))]
+
+
+def assign_images(memo, config, policy):
+    """int64 [I]: the exit (memo head index, H = final) each image takes under ``config`` (eq. 7 policy)."""
+    taken = np.full(memo.n_images, memo.n_heads if config.final or not config.heads else config.heads[0])
+    if not config.th_img:
+        return taken
+    conf = memo.image_confidence(policy, None if config.th_pix is None else memo.bin_index(config.th_pix))
+    running = np.ones(memo.n_images, dtype=bool)
+    for h, th in zip(config.heads, config.th_img):
+        out = running & (conf[h] >= th)
+        taken[out] = h
+        running &= ~out
+    return taken
