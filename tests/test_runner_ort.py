@@ -12,7 +12,7 @@ import pytest
 
 from _fixtures import make_onnx_dir
 from mess_edge.errors import MessError
-from mess_edge.runtime.ort_runner import OrtRunner, configure_ort_threads
+from mess_edge.runtime.ort_runner import OrtRunner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -174,8 +174,8 @@ def test_global_pool_set_once_per_process(onnx_dir):
     assert lines[0] == "global 2 True"
     assert lines[1] == "global pool (2 intra) | global pool (2 intra)"
     assert lines[2] == "False"
-    assert lines[3].startswith("refused: got threads=1 for an ONNX Runtime session; this process already runs "
-                               "one global pool of 2 threads")
+    assert lines[3].startswith("refused: got threads=1 for an ONNX Runtime session; this process runs one "
+                               "global pool of 2 threads and ORT refuses other pools")
 
 
 def test_fallback_without_global_pool(onnx_dir):
@@ -198,7 +198,13 @@ def test_fallback_without_global_pool(onnx_dir):
     assert lines[1:] == ["own pool (2 intra, spinning off)", "0", "True"]
 
 
-def test_pool_in_this_process_is_shared():
-    t = configure_ort_threads()
-    assert configure_ort_threads(7) is t  # later requests never rebuild the pool
-    assert t.mode in ("global", "per-session") and t.intra_threads >= 1
+def test_unconfigured_process_keeps_plain_sessions_working(onnx_dir):
+    """Runners never set up the global pool on their own: ORT would then refuse every plain session."""
+    from mess_edge.runtime.ort_runner import ort_threading
+
+    assert ort_threading() is None  # nothing in this pytest process configured it
+    path = os.path.join(onnx_dir, "segment_0.onnx")
+    with OrtRunner(path) as r:
+        assert r.threading.startswith("own pool (") and r.threading.endswith("spinning off)")
+        x = np.ones((1, 3, 32, 32), np.float32)
+        np.testing.assert_allclose(r.infer({"image": x})["feat"], _plain(path, {"image": x})["feat"], rtol=1e-5)

@@ -49,7 +49,7 @@ def profile(engine_dir, out, min_iters, min_seconds, warmup_s, th_pix):
     from mess_edge.runtime.profile import ProfileConfig, profile_engines
 
     config = ProfileConfig(min_iters=min_iters, min_seconds=min_seconds, warmup_s=warmup_s, th_pix=th_pix)
-    profile_engines(engine_dir, out, config, progress=_progress)
+    profile_engines(engine_dir, out, config, progress=_progress, configure_threads=True)
     click.echo("latency table written to {}".format(out or os.path.join(engine_dir, "lut.json")))
 
 
@@ -63,7 +63,8 @@ def bench(engine_dir, min_seconds, pairs, json_out):
     from mess_edge.artifacts import write_json_atomic
     from mess_edge.runtime.profile import BenchConfig, bench_engines, format_bench
 
-    result = bench_engines(engine_dir, BenchConfig(min_seconds=min_seconds, pairs=pairs), progress=_progress)
+    result = bench_engines(engine_dir, BenchConfig(min_seconds=min_seconds, pairs=pairs), progress=_progress,
+                           configure_threads=True)
     click.echo(format_bench(result))
     if json_out:
         write_json_atomic(json_out, result)

@@ -132,11 +132,16 @@ def library_versions(backend):
     except ImportError:
         pass
     if backend == "ort":
-        import onnxruntime
+        try:
+            import onnxruntime
+        except ImportError:
+            from mess_edge.errors import MessError
+            raise MessError("got --backend ort but onnxruntime is not installed; expected onnxruntime >= 1.14; "
+                            "try `pip install onnxruntime` (or the Jetson Zoo build), or --backend trt")
         versions["onnxruntime"] = onnxruntime.__version__
     if backend == "trt":
-        import tensorrt
-        versions["tensorrt"] = tensorrt.__version__
+        from mess_edge.runtime.trt_runner import import_trt
+        versions["tensorrt"] = import_trt().__version__
         try:
             import pycuda
             import pycuda.driver as cuda

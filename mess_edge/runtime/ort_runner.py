@@ -4,9 +4,14 @@ Threading, measured (TENSORRT.md sec. 8.5, ORT 1.32, 2 cores, a 1.6 ms model cut
 every session owning a spinning thread pool made the chain 6.6x slower than one session, because idle
 sessions' spinning threads starve the active one; spinning off fixed the chain but cost the monolithic
 graph 38 %; ONE global pool shared by every session made both fast (chain 1.04x the best monolithic).
-So sessions join a process-wide pool by default (``configure_ort_threads``), set up once before the first
-session. The setter lives in a private ORT module: when it is missing or refuses, sessions fall back to
-per-session pools with spinning off, the next best measured setting.
+
+So a process that runs the device side (the profile / bench / run commands) calls
+``configure_ort_threads()`` once, first; every OrtRunner then joins that pool. It is opt-in, not done on
+the first activation, because once the global pool exists ORT refuses every session that asks for its
+own threads, including a plain ``onnxruntime.InferenceSession(path)`` elsewhere in the same process.
+The setter lives in a private ORT module: when it is missing or refuses, sessions fall back to
+per-session pools with spinning off, the next best measured setting; so do sessions of a process that
+never configured the pool.
 """
 
 import collections
@@ -33,11 +38,11 @@ _THREADING = None  # set once per process by configure_ort_threads
 def configure_ort_threads(intra_threads=None, inter_threads=1, global_pool=True):
     """Create ONE global ORT thread pool for this process (once; later calls return the first result).
 
-    Must run before the first InferenceSession of the process (OrtRunner calls it on activation).
+    Call it at the start of a process that owns its ONNX Runtime use, before any session. After it,
+    every session of the process must join the pool (OrtRunner does; ORT refuses plain sessions).
     ``intra_threads`` default: the physical cores this process may use. Returns an OrtThreading; when the
-    private setter is missing or refuses (pools already created by someone else), mode is "per-session"
-    and every OrtRunner gives its session its own non-spinning pool of ``intra_threads`` threads.
-    ``global_pool=False`` chooses that per-session mode on purpose (to measure it in a fresh process).
+    private setter is missing or refuses, mode is "per-session" and every OrtRunner gives its session its
+    own non-spinning pool of ``intra_threads`` threads. ``global_pool=False`` chooses that on purpose.
     """
     global _THREADING
     if _THREADING is not None:
@@ -55,6 +60,11 @@ def configure_ort_threads(intra_threads=None, inter_threads=1, global_pool=True)
     except Exception as e:  # ImportError/AttributeError (older or changed ORT) or RuntimeError (too late)
         _THREADING = OrtThreading("per-session", int(intra_threads), int(inter_threads),
                                   "global pool unavailable ({}: {})".format(type(e).__name__, e))
+    return _THREADING
+
+
+def ort_threading():
+    """The OrtThreading configure_ort_threads set up, or None if this process never called it."""
     return _THREADING
 
 
@@ -83,10 +93,11 @@ def resolve_providers(providers):
 def session_options(threads=None, spinning=False, level="all"):
     """SessionOptions for latency: sequential execution, graph optimisation ``level``.
 
-    ``threads=None`` joins the process pool (configure_ort_threads; an int there sets its size if it is
-    the first session of the process). Only where the global pool is unavailable does an int give this
-    session its own pool, spinning only if ``spinning`` (spinning helps a session that runs alone and
-    hurts every other session sharing the cores). Returns (options, description string).
+    In a process with the global pool (configure_ort_threads), the session joins it; ``threads`` must
+    then be None or the pool's size. Otherwise the session gets its own pool of ``threads`` (default:
+    the configured size, else the physical cores), spinning only if ``spinning``: spinning helps a
+    session that runs alone and starves every other session sharing the cores.
+    Returns (options, description string).
     """
     import onnxruntime as ort
 
@@ -97,17 +108,20 @@ def session_options(threads=None, spinning=False, level="all"):
     so = ort.SessionOptions()
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = levels[level]
-    pool = configure_ort_threads(threads)
-    if threads is None or pool.mode == "global":
-        if pool.mode == "global":
-            if threads is not None and int(threads) != pool.intra_threads:
-                # ORT refuses per-session pools once the global pool exists
-                raise MessError("got threads={} for an ONNX Runtime session; this process already runs one "
-                                "global pool of {} threads; try threads=None, or a separate process"
-                                .format(threads, pool.intra_threads))
-            so.use_per_session_threads = False
-            return so, "global pool ({} intra)".format(pool.intra_threads)
-        threads, spinning = pool.intra_threads, False
+    pool = _THREADING
+    if pool is not None and pool.mode == "global":
+        if threads is not None and int(threads) != pool.intra_threads:
+            raise MessError("got threads={} for an ONNX Runtime session; this process runs one global pool of "
+                            "{} threads and ORT refuses other pools; try threads=None, or a separate process"
+                            .format(threads, pool.intra_threads))
+        so.use_per_session_threads = False
+        return so, "global pool ({} intra)".format(pool.intra_threads)
+    if threads is None:
+        if pool is not None:
+            threads = pool.intra_threads
+        else:
+            from mess_edge.runtime.device import physical_cores
+            threads = physical_cores()
     so.intra_op_num_threads = int(threads)
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return so, "own pool ({} intra, spinning {})".format(threads, "on" if spinning else "off")

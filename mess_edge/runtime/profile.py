@@ -75,11 +75,13 @@ def _conditions(engines, config, threading):
     return cond
 
 
-def profile_engines(engine_dir, out=None, config=ProfileConfig(), progress=None):
+def profile_engines(engine_dir, out=None, config=ProfileConfig(), progress=None, configure_threads=False):
     """Time every graph of ``engine_dir`` and write the LUT atomically to ``out`` (default
     ENGINE_DIR/lut.json): an interrupted run leaves no file. ``progress(i, n, name, stats)`` is called
-    after each graph. Returns the LUT dict."""
+    after each graph. ``configure_threads``: set up ORT's process-wide pool first (the commands do; leave
+    False in a process that also makes plain InferenceSessions). Returns the LUT dict."""
     engines = load_engines(engine_dir)
+    _configure(engines, configure_threads)
     rng = np.random.default_rng(config.seed)
     graphs = [g for role in ROLE_ORDER for g in engines.by_role(role)]
     lut = {"format": LUT_FORMAT, "device": engines.sidecar["device"], "backend": engines.backend,
@@ -118,10 +120,19 @@ def _final_upsample(engines, rows):
 
 
 def _threading(engines):
+    """How ORT sessions were threaded here: the process pool (None if never configured) and the
+    setting a session got."""
     if engines.backend != "ort":
         return None
-    from mess_edge.runtime.ort_runner import configure_ort_threads
-    return configure_ort_threads()._asdict()
+    from mess_edge.runtime.ort_runner import ort_threading, session_options
+    pool = ort_threading()
+    return {"process_pool": pool._asdict() if pool is not None else None, "session": session_options()[1]}
+
+
+def _configure(engines, configure_threads):
+    if configure_threads and engines.backend == "ort":
+        from mess_edge.runtime.ort_runner import configure_ort_threads
+        configure_ort_threads()
 
 
 # -- bench ----------------------------------------------------------------------------------------------
@@ -224,7 +235,7 @@ def _own_pool_in_subprocess(path, seconds, warmup_s):
         return None, "{}: {}".format(type(e).__name__, e)
 
 
-def bench_engines(engine_dir, config=BenchConfig(), progress=None):
+def bench_engines(engine_dir, config=BenchConfig(), progress=None, configure_threads=False):
     """Per-graph latency / GMACs table and chained final-only vs the fastest monolithic setting.
 
     Returns {"rows": [{name, role, gmacs, median_ms, p90_ms, gmacs_per_s}], "monolithic_settings":
@@ -232,9 +243,11 @@ def bench_engines(engine_dir, config=BenchConfig(), progress=None):
     "chain_median_ms", "monolithic_median_ms", "paired_ratio_median" (chain / monolithic, median over
     interleaved pairs), "paired_ratio_p10", "paired_ratio_p90", "ratio_vs_fastest_any" (chain median
     alone / fastest monolithic median, in-process or separate-process), "labels_agreement" (fraction of
-    pixels where chain and monolithic labels agree), "pairs", ...}.
+    pixels where chain and monolithic labels agree), "pairs", ...}. ``configure_threads``: as in
+    profile_engines.
     """
     engines = load_engines(engine_dir)
+    _configure(engines, configure_threads)
     rng = np.random.default_rng(config.seed)
     pcfg = ProfileConfig(config.min_iters, config.min_seconds, config.warmup_s, 0.5, config.seed)
     rows = []

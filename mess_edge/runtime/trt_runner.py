@@ -144,7 +144,8 @@ class TrtRunner(Runner):
             self._wired, self._meta = set(), ([], [])
             for i in range(self._engine.num_io_tensors):
                 name = self._engine.get_tensor_name(i)
-                shape = tuple(self._engine.get_tensor_shape(name))
+                dims = self._engine.get_tensor_shape(name)
+                shape = tuple(int(dims[k]) for k in range(len(dims)))
                 if any(d < 0 for d in shape):
                     raise MessError("got dynamic shape {} for '{}' in {}; expected static shapes; try "
                                     "re-exporting with fixed input sizes".format(shape, name, self.name))

@@ -1,9 +1,10 @@
 """The configuration search of eqs. 5 and 6: exhaustive over the gridded space, pruned on cost (numpy only).
 
 Every configuration's cost is computed first (cheap: Table 1 over counts of images still running). Then:
-- eq. 5 (min cost s.t. mIoU >= threshold): configurations are scored in increasing cost order, in batches that
-  double in size, and the search stops at the first batch holding a feasible one (plus any configuration tied
-  with its cost), so the accuracy of costlier configurations is never computed;
+- eq. 5 (min cost s.t. mIoU >= threshold): batches of configurations (the families of space.py) are scored in
+  increasing order of their cheapest configuration; once a feasible configuration is known only the rows and
+  columns of a family that hold a cheaper-or-equal one are scored, and the search stops at the first family
+  whose cheapest configuration costs more (branch and bound, so the optimum is exact);
 - eq. 6 (max mIoU s.t. cost <= budget): only configurations within the budget are scored.
 Ties break deterministically: eq. 5 by lower cost, then higher mIoU, then fewer exits, then enumeration order;
 eq. 6 by higher mIoU, then lower cost, then fewer exits, then enumeration order.
@@ -17,9 +18,6 @@ import numpy as np
 
 from mess_edge.errors import MessError
 from mess_edge.search.space import Context, Grid, assign_images, families, resolve_max_exits
-
-_FIRST_BATCH = 4096
-
 
 @dataclass(frozen=True)
 class Objective:
@@ -110,7 +108,7 @@ def pareto_mask(costs, mious):
 
 
 class _Space:
-    """The families of a space with global indices over them."""
+    """The families of a space, their costs, and the mIoU of the configurations scored so far (global indices)."""
 
     def __init__(self, fams):
         self.fams = fams
@@ -120,22 +118,42 @@ class _Space:
         self.mious = np.full(len(self.costs), np.nan)
         self.scored = np.zeros(len(self.costs), dtype=bool)
 
-    def _family(self, i):
-        f = int(np.searchsorted(self.offsets, i, side="right") - 1)
-        return self.fams[f], i - int(self.offsets[f])
+    def family_costs(self, f):
+        """Costs of family f as its [A_1, rest] grid (a view)."""
+        return self.costs[self.offsets[f]:self.offsets[f + 1]].reshape(self.fams[f].shape2)
 
-    def evaluate(self, idx):
-        """Compute the mIoU of global indices ``idx`` (int64) not scored yet."""
-        idx = np.unique(idx[~self.scored[idx]])
-        fam = np.searchsorted(self.offsets, idx, side="right") - 1
-        for f in np.unique(fam):
-            sel = idx[fam == f]
-            self.mious[sel] = self.fams[f].miou(sel - self.offsets[f])
-        self.scored[idx] = True
+    def score(self, f, bound=None):
+        """Score family f: every configuration, or (bound) the rows and columns holding one of cost <= bound.
+
+        The block rows x cols is scored whole: one matrix product is cheaper than picking single cells.
+        """
+        c2 = self.family_costs(f)
+        rows, cols = np.arange(c2.shape[0]), np.arange(c2.shape[1])
+        if bound is not None:
+            rows = np.flatnonzero(c2.min(axis=1) <= bound)
+            cols = np.flatnonzero(c2.min(axis=0) <= bound)
+        if len(rows) == 0 or len(cols) == 0:
+            return
+        flat = (self.offsets[f] + rows[:, None] * c2.shape[1] + cols[None, :]).ravel()
+        todo = ~self.scored[flat]
+        if not todo.any():
+            return
+        self.mious[flat] = self.fams[f].score(rows, cols).ravel()
+        self.scored[flat] = True
+
+    def score_all(self):
+        for f in range(len(self.fams)):
+            self.score(f)
+
+    def score_one(self, i):
+        f = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        r, c = divmod(int(i - self.offsets[f]), self.fams[f].shape2[1])
+        self.mious[i] = self.fams[f].score(np.array([r]), np.array([c]))[0, 0]
+        self.scored[i] = True
 
     def config(self, i):
-        f, j = self._family(i)
-        return f.config(j)
+        f = int(np.searchsorted(self.offsets, i, side="right") - 1)
+        return self.fams[f].config(int(i - self.offsets[f]))
 
     def descriptions(self):
         return [d for f in self.fams for d in f.descriptions()]
@@ -154,31 +172,34 @@ def describe(memo, config):
 
 
 def _choose(space, objective, threshold, kind):
-    """Global index of the optimum; MessError naming the closest configuration when none is feasible."""
+    """(global index of the optimum, None) or (None, index of the closest configuration) when none is feasible."""
     costs = space.costs
+    fam_min = np.array([space.family_costs(f).min() for f in range(len(space.fams))])
     if kind == "max_miou":
-        feasible = np.flatnonzero(costs <= objective.budget)
-        if len(feasible) == 0:
-            cheapest = np.flatnonzero(costs == costs.min())
-            space.evaluate(cheapest)
-            return None, _pick(cheapest, costs, space.mious, space.n_exits, "min_cost")
-        space.evaluate(feasible)
+        for f in np.flatnonzero(fam_min <= objective.budget):
+            space.score(f, bound=objective.budget)
+        feasible = np.flatnonzero(space.scored & (costs <= objective.budget))
+        if len(feasible):
+            return _pick(feasible, costs, space.mious, space.n_exits, kind), None
+        cheapest = int(np.argmin(costs))
+        space.score_one(cheapest)
+        return None, cheapest
+    # Eq. 5, branch and bound on cost: families in increasing order of their cheapest configuration; once a
+    # feasible configuration of cost c* is known, only rows/columns holding a configuration of cost <= c* are
+    # scored, and the search stops at the first family whose cheapest configuration costs more than c*.
+    best = np.inf
+    for f in np.lexsort((np.arange(len(fam_min)), fam_min)):
+        if fam_min[f] > best:
+            break
+        space.score(f, bound=None if np.isinf(best) else best)
+        lo, hi = space.offsets[f], space.offsets[f + 1]
+        ok = space.scored[lo:hi] & (space.mious[lo:hi] >= threshold)
+        if ok.any():
+            best = min(best, float(costs[lo:hi][ok].min()))
+    feasible = np.flatnonzero(space.scored & (space.mious >= threshold))
+    if len(feasible):
         return _pick(feasible, costs, space.mious, space.n_exits, kind), None
-    order = np.argsort(costs, kind="stable")
-    sorted_costs = costs[order]
-    lo, batch = 0, _FIRST_BATCH
-    while lo < len(order):
-        hi = min(len(order), lo + batch)
-        space.evaluate(order[lo:hi])
-        ok = order[lo:hi][space.mious[order[lo:hi]] >= threshold]
-        if len(ok):
-            # Configurations tied with the cheapest feasible cost may lie past the batch: score them too.
-            end = max(hi, int(np.searchsorted(sorted_costs, costs[ok].min(), side="right")))
-            space.evaluate(order[hi:end])
-            ok = order[lo:end][space.mious[order[lo:end]] >= threshold]
-            return _pick(ok, costs, space.mious, space.n_exits, kind), None
-        lo, batch = hi, batch * 2
-    return None, _pick(np.arange(len(costs)), costs, space.mious, space.n_exits, "max_miou")
+    return None, _pick(np.flatnonzero(space.scored), costs, space.mious, space.n_exits, "max_miou")
 
 
 def search(memo, costs, setting, objective, max_exits=None, policy="edge", grid=None, keep_points=False,
@@ -201,7 +222,7 @@ def search(memo, costs, setting, objective, max_exits=None, policy="edge", grid=
     if objective.kind == "min_cost":
         threshold = objective.min_miou if objective.min_miou is not None else final_miou - objective.max_drop
     if keep_points:
-        space.evaluate(np.arange(len(space.costs)))
+        space.score_all()
     best, closest = _choose(space, objective, threshold, objective.kind)
     if best is None:
         cfg = space.config(closest)

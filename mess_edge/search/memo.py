@@ -83,7 +83,7 @@ class Memo:
 
     def exact_float32(self):
         """True when float32 sums of pixel counts are exact: every partial sum stays below 2**24."""
-        return int(self.confusion.sum(axis=(1, 2, 3)).max(initial=0)) < (1 << 24)
+        return int(self.confusion.sum(axis=(1, 2, 3)).max(initial=0)) < (1 << 23)
 
     def stats(self, dtype=np.float64):
         """[H+1, I, 3C] per (head, image): confusion diagonal, row sums (ground truth), column sums (predicted)."""
@@ -130,20 +130,21 @@ def miou_from_stats(stats):
     """mIoU (fraction) from summed stats [..., 3C] = (diag, row sums, col sums) -> float64 [...].
 
     IoU_c = TP / (TP + FP + FN) = diag / (row + col - diag); classes with an empty union are left out (nanmean);
-    all classes empty gives NaN. The classes are added one by one, in order, so the result is bitwise the same
-    for any batch shape (the brute-force reference relies on that to break ties identically).
+    all classes empty gives NaN. Any float dtype holding exact integers gives the same bits: the arithmetic is
+    float64 and the classes are added one by one, in order, whatever the batch shape (the brute-force reference
+    relies on that to break ties identically).
     """
-    stats = np.asarray(stats, dtype=np.float64)
+    stats = np.asarray(stats)
     c = stats.shape[-1] // 3
     total = np.zeros(stats.shape[:-1])
     count = np.zeros(stats.shape[:-1])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        for k in range(c):
-            tp = stats[..., k]
-            union = stats[..., c + k] + stats[..., 2 * c + k] - tp
-            valid = union > 0
-            total = total + np.where(valid, tp / np.where(valid, union, 1.0), 0.0)
-            count = count + valid
+    for k in range(c):
+        tp = stats[..., k].astype(np.float64)
+        union = stats[..., c + k].astype(np.float64) + stats[..., 2 * c + k] - tp
+        valid = union > 0
+        total += np.divide(tp, union, out=np.zeros_like(tp), where=valid)
+        count += valid
+    with np.errstate(invalid="ignore"):
         return total / count
 
 

@@ -1,15 +1,11 @@
-"""The configuration space of eq. 4 for each inference setting: enumeration, Table 1 costs, vectorised mIoU.
+"""The configuration space of eq. 4 for each inference setting: enumeration and Table 1 costs.
 
 The space is cut into *families* that share a structure: the selected exit points (and, input-dependent, the
 pixel threshold). Within a family a configuration is a point of a grid [A_1, ..., A_k], one axis per selected
 exit, whose entries are that exit point's trained heads (input-dependent: head x image threshold, head-major).
-A family computes the cost of its whole grid at once, and the mIoU of any subset of it with matrix products.
-
-Input-dependent accuracy, why it is a matrix product: with G_j[a, i] = 1 when image i leaves at axis j's exit
-under option a, the per-image stats an image contributes satisfy W_j = W_{j+1} + G_j * (S_{h_j} - W_{j+1})
-(W_{k+1} = S_final). Summed over images, the total for (a_1, r) with r = (a_2..a_k) is
-E_1[a_1] + (1 - G_1)[a_1, :] @ W_2[:, r], where E_1[a_1] = G_1[a_1, :] @ S_{h(a_1)}: one BLAS call per block.
-Counts of images still running give the costs the same way, without the stats.
+A family computes the cost of its whole grid at once (``costs``, flat), and the mIoU of any block of it
+(``score(rows, cols)`` over the grid seen as [A_1, A_2 * .. * A_k] = ``shape2``). The input-dependent family,
+where the work is, lives in dynamic.py.
 
 The grid order (families by number of exits, then exit points, then pixel threshold; inside, axis 1 major) is
 the canonical enumeration order; the brute-force reference enumerates in the same order.
@@ -23,13 +19,12 @@ import numpy as np
 
 from mess_edge.errors import MessError
 from mess_edge.search.costs import cost_final_only, segment_sum
-from mess_edge.search.memo import POLICIES, miou_from_stats
+from mess_edge.search.memo import POLICIES
 
 SETTINGS = ("final-only", "budgeted", "anytime", "input-dependent")
 ANYTIME_ACCURACY = ("final", "min")  # the final exit's mIoU (default), or the worst of the selected exits + final
 DEFAULT_MAX_EXITS_INPUT_DEPENDENT = 2  # 3 exits of 16 heads x 11 thresholds would be ~2e8 configurations per point set
 
-_BLOCK_BYTES = 64 << 20  # bound on each temporary of a matrix-product block
 
 
 @dataclass(frozen=True)
@@ -115,7 +110,7 @@ class Context:
         return self._cache[key]
 
 
-def _axis(values, j, k):
+def axis_view(values, j, k):
     """Reshape a 1-D array for axis j of a k-axis grid."""
     return np.reshape(values, [1] * j + [-1] + [1] * (k - j - 1))
 
@@ -123,7 +118,7 @@ def _axis(values, j, k):
 class FinalOnly:
     """The final exit alone (final-only; also the budgeted and input-dependent spaces' no-early-exit option)."""
 
-    k, size = 0, 1
+    k, size, shape2 = 0, 1, (1, 1)
 
     def __init__(self, ctx):
         self.ctx = ctx
@@ -131,8 +126,8 @@ class FinalOnly:
     def costs(self):
         return np.array([self.ctx.final_only_cost])
 
-    def miou(self, idx):
-        return np.full(len(idx), self.ctx.head_miou[-1])
+    def score(self, rows, cols):
+        return np.full((len(rows), len(cols)), self.ctx.head_miou[-1])
 
     def config(self, j):
         return Config((), (), None, True)
@@ -147,14 +142,14 @@ class Budgeted:
     k = 1
 
     def __init__(self, ctx):
-        self.ctx, self.size = ctx, ctx.final
+        self.ctx, self.size, self.shape2 = ctx, ctx.final, (ctx.final, 1)
 
     def costs(self):
         c = self.ctx
         return c.segsum[0, c.memo.head_exit + 1] + c.head_cost + c.ups[:-1]
 
-    def miou(self, idx):
-        return self.ctx.head_miou[np.asarray(idx)]
+    def score(self, rows, cols):
+        return np.repeat(self.ctx.head_miou[rows][:, None], len(cols), axis=1)
 
     def config(self, j):
         return Config((int(j),), (), None, False)
@@ -171,23 +166,24 @@ class Anytime:
         self.axes = [ctx.heads_at[p] for p in points]
         self.shape = tuple(len(a) for a in self.axes)
         self.size = int(np.prod(self.shape))
+        self.shape2 = (self.shape[0], self.size // self.shape[0])
 
     def costs(self):
         c = self.ctx
         heads = 0.0
         for j, a in enumerate(self.axes):
-            heads = heads + _axis(c.head_cost[a], j, self.k)
+            heads = heads + axis_view(c.head_cost[a], j, self.k)
         base = c.segsum[0, c.n_points] + c.costs.final
         return np.broadcast_to(base + heads + c.ups[-1], self.shape).ravel()
 
-    def miou(self, idx):
+    def score(self, rows, cols):
         c = self.ctx
+        worst = np.full((len(rows), len(cols)), c.head_miou[-1])
         if c.anytime_accuracy == "final":
-            return np.full(len(idx), c.head_miou[-1])
-        ix = np.unravel_index(np.asarray(idx), self.shape)
-        worst = np.full(len(idx), c.head_miou[-1])
-        for j, a in enumerate(self.axes):
-            worst = np.minimum(worst, c.head_miou[a[ix[j]]])
+            return worst
+        worst = np.minimum(worst, c.head_miou[self.axes[0][rows]][:, None])
+        for j, i in enumerate(np.unravel_index(cols, self.shape[1:])):
+            worst = np.minimum(worst, c.head_miou[self.axes[j + 1][i]][None, :])
         return worst
 
     def config(self, j):
@@ -197,98 +193,6 @@ class Anytime:
     def descriptions(self):
         labels = [[self.ctx.memo.head_label(h) for h in a] for a in self.axes]
         return ["+".join(p) for p in itertools.product(*labels)]
-
-
-class InputDependent:
-    """Exits at ``points`` (options head x th_img) then the final, pixel threshold index q: see the module doc."""
-
-    def __init__(self, ctx, points, q):
-        self.ctx, self.points, self.q, self.k = ctx, points, q, len(points)
-        self.gates = [ctx.gates(p, q) for p in points]
-        self.shape = tuple(len(g[0]) for g in self.gates)
-        self.size = int(np.prod(self.shape))
-
-    def _stay(self, j):
-        return (~self.gates[j][2]).astype(self.ctx.dtype)  # [A_j, I] 1 where the image goes on
-
-    def remaining(self):
-        """[p_1..p_k]: fraction of images still running after selected exit j, shape [A_1..A_j]."""
-        c, stay1 = self.ctx, self._stay(0)
-        rem = [stay1.sum(axis=1).astype(np.float64) / c.n_images]
-        prod = None  # [A_2 * .. * A_j, I]: 1 where the image goes on past exits 2..j
-        for j in range(1, self.k):
-            stay = self._stay(j)
-            prod = stay if prod is None else (prod[:, None, :] * stay[None, :, :]).reshape(-1, c.n_images)
-            counts = (stay1 @ prod.T).astype(np.float64)  # exact: integers below 2**24
-            rem.append(counts.reshape(self.shape[:j + 1]) / c.n_images)
-        return rem
-
-    def costs(self):
-        c, k = self.ctx, self.k
-        rem = [r.reshape(r.shape + (1,) * (k - r.ndim)) for r in self.remaining()]
-        # Same operations, in the same order, as costs.cost_input_dependent + costs.cost_upsample.
-        total, p_prev, prev = 0.0, 1.0, -1
-        for j, n in enumerate(self.points):
-            term = c.segsum[prev + 1, n + 1] + c.head_cost[self.gates[j][0]]
-            total = total + p_prev * _axis(term, j, k)
-            p_prev, prev = rem[j], n
-        total = total + p_prev * (c.segsum[prev + 1, c.n_points] + c.costs.final)
-        ups, p_prev = 0.0, 1.0
-        for j in range(k):
-            ups = ups + (p_prev - rem[j]) * _axis(c.ups[self.gates[j][0]], j, k)
-            p_prev = rem[j]
-        ups = ups + p_prev * c.ups[-1]
-        return np.broadcast_to(total + ups, self.shape).ravel()
-
-    def _continuation(self, cols):
-        """W_2 for columns r (flat over axes 2..k): [I, len(cols), 3C] stats of the exit each image takes."""
-        c = self.ctx
-        w = c.stats_t[:, c.final, :][:, None, :]
-        if self.k == 1:
-            return w
-        ix = np.unravel_index(cols, self.shape[1:])
-        for j in range(self.k - 1, 0, -1):
-            heads, _, g = self.gates[j]
-            a = ix[j - 1]
-            out = g[a].T.astype(c.dtype)[:, :, None]  # [I, n, 1]
-            w = w + out * (c.stats_t[:, heads[a], :] - w)
-        return w
-
-    def miou(self, idx):
-        c = self.ctx
-        idx = np.asarray(idx, dtype=np.int64)
-        inner = self.size // self.shape[0]
-        a1, r = np.divmod(idx, inner)
-        rows, row_of = np.unique(a1, return_inverse=True)
-        order = np.argsort(r, kind="stable")
-        r_sorted = r[order]
-        cols = np.unique(r)
-        stay1 = self._stay(0)[rows]
-        leave = c.leave_sums(self.points[0], self.q)
-        width = c.stats.shape[2] * c.stats.itemsize
-        step = max(1, min(len(cols), _BLOCK_BYTES // (width * c.n_images), _BLOCK_BYTES // (width * len(rows))))
-        out = np.empty(len(idx))
-        for c0 in range(0, len(cols), step):
-            chunk = cols[c0:c0 + step]
-            w = self._continuation(chunk)
-            block = (stay1 @ w.reshape(c.n_images, -1)).reshape(len(rows), len(chunk), -1)
-            sel = order[np.searchsorted(r_sorted, chunk[0]):np.searchsorted(r_sorted, chunk[-1], side="right")]
-            sums = block[row_of[sel], np.searchsorted(chunk, r[sel])] + leave[a1[sel]]
-            out[sel] = miou_from_stats(sums)
-        return out
-
-    def config(self, j):
-        ix = np.unravel_index(int(j), self.shape)
-        heads = tuple(int(g[0][i]) for g, i in zip(self.gates, ix))
-        th_img = tuple(float(self.ctx.th_img[g[1][i]]) for g, i in zip(self.gates, ix))
-        return Config(heads, th_img, self.ctx.th_pix[self.q], True)
-
-    def descriptions(self):
-        memo, th = self.ctx.memo, self.ctx.th_img
-        labels = [["{}@{:.2f}".format(memo.head_label(h), th[t]) for h, t in zip(g[0], g[1])] for g in self.gates]
-        pix = self.ctx.th_pix[self.q]
-        tail = "" if pix is None else " pix{:.2f}".format(pix)
-        return ["+".join(p) + tail for p in itertools.product(*labels)]
 
 
 def resolve_max_exits(ctx, setting, max_exits):
@@ -323,6 +227,8 @@ def families(ctx, setting, max_exits):
                         "--max-exits or coarser threshold grids".format(total, setting, max_exits, ctx.grid.max_configs))
     if setting == "anytime":
         return [Anytime(ctx, c) for c in combos]
+    from mess_edge.search.dynamic import InputDependent
+
     return [FinalOnly(ctx)] + [InputDependent(ctx, c, q) for c in combos for q in range(len(ctx.bins))]
 
 

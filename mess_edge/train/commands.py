@@ -46,6 +46,8 @@ def train(**kw):
         raise MessError("--epochs and --batch-size must be >= 1")
     cfg = TrainConfig(**kw)
     metrics = run(cfg, log=click.echo)
+    if metrics is None:  # a torchrun rank other than 0: rank 0 reports
+        return
     click.echo("wrote {} ({})".format(cfg.out, json.dumps({k: metrics[k] for k in ("backbone_passes", "wall_s")
                                                            if k in metrics})))
 

@@ -141,7 +141,7 @@ def _loader(dataset, batches, workers):
 
 
 def train(cfg, log=print):
-    """Run one training stage; returns the final metrics dict. Rank 0 writes ``cfg.out``."""
+    """Run one training stage; returns the final metrics dict (None on ranks > 0). Rank 0 writes ``cfg.out``."""
     dist = Dist()
     torch.manual_seed(cfg.seed)
     probe = SegmentationSet(cfg.data, "train", (8, 8), train=False)
@@ -215,7 +215,8 @@ def train(cfg, log=print):
                 passes += 1
                 step += 1
                 seen += images.shape[0] * dist.world
-                loss_avg = float(loss) if loss_avg is None else 0.9 * loss_avg + 0.1 * float(loss)
+                lv = float(loss.detach())
+                loss_avg = lv if loss_avg is None else 0.9 * loss_avg + 0.1 * lv
                 bar.update(1, "loss {:.3f} {:.0f} img/s".format(loss_avg, seen / (time.perf_counter() - t0)))
         epoch_done = step % spe == 0 or step == stop_step
         if dist.main and epoch_done:
@@ -232,7 +233,7 @@ def train(cfg, log=print):
                             parent_sha)
     dist.barrier()
     dist.close()
-    return metrics
+    return metrics if dist.main else None
 
 
 def _set_train_mode(model, stage):
