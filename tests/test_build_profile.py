@@ -179,20 +179,30 @@ def test_profile_interrupted_leaves_no_file(built, tmp_path):
     assert os.listdir(str(tmp_path)) == []
 
 
-def test_profile_and_build_cli(built, tmp_path, capsys):
+def _cli(*args):
+    """mess-edge in a child process: the profile and bench commands set up ORT's global thread pool,
+    which would refuse every plain InferenceSession made later in this pytest process."""
+    return subprocess.run([sys.executable, "-m", "mess_edge.cli"] + list(args), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
+
+
+def test_profile_and_build_cli(built, tmp_path):
     onnx_dir = built[0]
     eng = str(tmp_path / "e")
-    main(["build", onnx_dir, "--backend", "ort", "--out", eng])
-    main(["profile", eng, "--min-iters", "5", "--min-seconds", "0.001", "--warmup-s", "0"])
-    text = capsys.readouterr().out
-    assert "engines written to {}".format(eng) in text and "latency table written to" in text
+    out = _cli("build", onnx_dir, "--backend", "ort", "--out", eng)
+    assert out.returncode == 0 and out.stdout.decode().endswith("engines written to {}\n".format(eng))
+    out = _cli("profile", eng, "--min-iters", "5", "--min-seconds", "0.001", "--warmup-s", "0", "--threads", "1")
+    assert out.returncode == 0, out.stderr.decode()
+    assert "latency table written to" in out.stdout.decode()
     lut = json.load(open(os.path.join(eng, "lut.json")))
     assert min(r["n"] for r in lut["segments"] + lut["heads"]) >= 5
-    with pytest.raises(SystemExit) as e:
-        main(["build", onnx_dir, "--backend", "ort", "--precision", "int8", "--out", eng])
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: got --precision int8 with --backend ort") and err.count("\n") == 1
+    assert lut["conditions"]["threads"] == {"process_pool": {"mode": "global", "intra_threads": 1,
+                                                             "inter_threads": 1, "note": ""},
+                                            "session": "global pool (1 intra)"}
+    out = _cli("build", onnx_dir, "--backend", "ort", "--precision", "int8", "--out", eng)
+    err = out.stderr.decode()
+    assert out.returncode == 2 and err.startswith("error: got --precision int8 with --backend ort")
+    assert err.count("\n") == 1
 
 
 def test_bench_runs(built):

@@ -6,6 +6,17 @@ Only click is imported here; the backends load inside the commands, so `mess-edg
 import click
 
 
+_THREADS = click.option("--threads", type=int, default=None,
+                        help="ONNX Runtime: threads of the process-wide pool [default: physical cores].")
+
+
+def _own_ort_threads(threads):
+    """This process owns its ONNX Runtime use: one global pool, as the chain will run (no-op for TRT)."""
+    from mess_edge.runtime.ort_runner import configure_ort_threads
+
+    configure_ort_threads(threads)
+
+
 def _progress(i, n, name, stats):
     click.echo("[{:>3}/{}] {:<26} median {:8.4f} ms  p90 {:8.4f} ms  p99 {:8.4f} ms  n {}".format(
         i, n, name, stats.median_ms, stats.p90_ms, stats.p99_ms, stats.n))
@@ -42,14 +53,16 @@ def build(onnx_dir, backend, precision, calib_data, calib_images, dla_core, prov
 @click.option("--min-seconds", type=float, default=1.0, show_default=True, help="Seconds per graph, at least.")
 @click.option("--warmup-s", type=float, default=0.5, show_default=True, help="Untimed seconds per graph first.")
 @click.option("--th-pix", type=float, default=0.5, show_default=True, help="Pixel threshold fed to heads.")
-def profile(engine_dir, out, min_iters, min_seconds, warmup_s, th_pix):
+@_THREADS
+def profile(engine_dir, out, min_iters, min_seconds, warmup_s, th_pix, threads):
     """Time every graph of ENGINE_DIR alone and write the latency table (lut.json)."""
     import os
 
     from mess_edge.runtime.profile import ProfileConfig, profile_engines
 
     config = ProfileConfig(min_iters=min_iters, min_seconds=min_seconds, warmup_s=warmup_s, th_pix=th_pix)
-    profile_engines(engine_dir, out, config, progress=_progress, configure_threads=True)
+    _own_ort_threads(threads)
+    profile_engines(engine_dir, out, config, progress=_progress)
     click.echo("latency table written to {}".format(out or os.path.join(engine_dir, "lut.json")))
 
 
@@ -58,13 +71,14 @@ def profile(engine_dir, out, min_iters, min_seconds, warmup_s, th_pix):
 @click.option("--min-seconds", type=float, default=0.3, show_default=True, help="Seconds per graph, at least.")
 @click.option("--pairs", type=int, default=200, show_default=True, help="Interleaved chain/monolithic pairs.")
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Also save the result as JSON.")
-def bench(engine_dir, min_seconds, pairs, json_out):
+@_THREADS
+def bench(engine_dir, min_seconds, pairs, json_out, threads):
     """Latency and GMAC/s of every graph; chained final-only path vs the fastest monolithic setting."""
     from mess_edge.artifacts import write_json_atomic
     from mess_edge.runtime.profile import BenchConfig, bench_engines, format_bench
 
-    result = bench_engines(engine_dir, BenchConfig(min_seconds=min_seconds, pairs=pairs), progress=_progress,
-                           configure_threads=True)
+    _own_ort_threads(threads)
+    result = bench_engines(engine_dir, BenchConfig(min_seconds=min_seconds, pairs=pairs), progress=_progress)
     click.echo(format_bench(result))
     if json_out:
         write_json_atomic(json_out, result)

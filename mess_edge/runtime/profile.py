@@ -75,13 +75,15 @@ def _conditions(engines, config, threading):
     return cond
 
 
-def profile_engines(engine_dir, out=None, config=ProfileConfig(), progress=None, configure_threads=False):
+def profile_engines(engine_dir, out=None, config=ProfileConfig(), progress=None):
     """Time every graph of ``engine_dir`` and write the LUT atomically to ``out`` (default
     ENGINE_DIR/lut.json): an interrupted run leaves no file. ``progress(i, n, name, stats)`` is called
-    after each graph. ``configure_threads``: set up ORT's process-wide pool first (the commands do; leave
-    False in a process that also makes plain InferenceSessions). Returns the LUT dict."""
+    after each graph. Returns the LUT dict.
+
+    ORT threading is the process's: call ort_runner.configure_ort_threads() first for the global pool
+    (the commands do), as the process that runs the chain will.
+    """
     engines = load_engines(engine_dir)
-    _configure(engines, configure_threads)
     rng = np.random.default_rng(config.seed)
     graphs = [g for role in ROLE_ORDER for g in engines.by_role(role)]
     lut = {"format": LUT_FORMAT, "device": engines.sidecar["device"], "backend": engines.backend,
@@ -127,12 +129,6 @@ def _threading(engines):
     from mess_edge.runtime.ort_runner import ort_threading, session_options
     pool = ort_threading()
     return {"process_pool": pool._asdict() if pool is not None else None, "session": session_options()[1]}
-
-
-def _configure(engines, configure_threads):
-    if configure_threads and engines.backend == "ort":
-        from mess_edge.runtime.ort_runner import configure_ort_threads
-        configure_ort_threads()
 
 
 # -- bench ----------------------------------------------------------------------------------------------
@@ -203,15 +199,13 @@ def _monolithic_settings(engines, image):
     return settings
 
 
-def own_pool_pilot(path, seconds, warmup_s, seed=0):
-    """Median ms of an ORT graph in a session with its OWN spinning thread pool (ORT's default setting).
-
-    A process with the global pool cannot make such a session, so bench runs this in a fresh process.
+def own_pool_pilot(path, threads, seconds, warmup_s, seed=0):
+    """Median ms of an ORT graph in a session with its OWN spinning pool of ``threads`` (ORT's default
+    setting). A process with the global pool cannot make such a session: bench runs this in a fresh one.
     """
-    from mess_edge.runtime.device import physical_cores
     from mess_edge.runtime.ort_runner import OrtRunner, configure_ort_threads
 
-    n = physical_cores()
+    n = int(threads)
     configure_ort_threads(n, global_pool=False)
     with OrtRunner(path, threads=n, spinning=True) as r:
         feed = random_feed(r.input_metadata.values(), 0.5, np.random.default_rng(seed))
@@ -219,23 +213,28 @@ def own_pool_pilot(path, seconds, warmup_s, seed=0):
 
 
 def _own_pool_in_subprocess(path, seconds, warmup_s):
-    """own_pool_pilot in a child process: (median ms, None) or (None, why it failed)."""
+    """own_pool_pilot in a child process with this process's thread count: (median ms, None) or
+    (None, why it failed)."""
     import json
     import subprocess
     import sys
 
-    code = ("import json, sys; from mess_edge.runtime.profile import own_pool_pilot; "
-            "print(json.dumps(own_pool_pilot(sys.argv[1], float(sys.argv[2]), float(sys.argv[3]))))")
+    from mess_edge.runtime.device import physical_cores
+    from mess_edge.runtime.ort_runner import ort_threading
+
+    threads = ort_threading().intra_threads if ort_threading() is not None else physical_cores()
+    code = ("import json, sys; from mess_edge.runtime.profile import own_pool_pilot; print(json.dumps("
+            "own_pool_pilot(sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4]))))")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     try:
-        out = subprocess.run([sys.executable, "-c", code, path, str(seconds), str(warmup_s)], env=env,
+        out = subprocess.run([sys.executable, "-c", code, path, str(threads), str(seconds), str(warmup_s)], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120 + 10 * seconds, check=True)
         return float(json.loads(out.stdout.decode().strip().splitlines()[-1])), None
     except (OSError, ValueError, IndexError, subprocess.SubprocessError) as e:
         return None, "{}: {}".format(type(e).__name__, e)
 
 
-def bench_engines(engine_dir, config=BenchConfig(), progress=None, configure_threads=False):
+def bench_engines(engine_dir, config=BenchConfig(), progress=None):
     """Per-graph latency / GMACs table and chained final-only vs the fastest monolithic setting.
 
     Returns {"rows": [{name, role, gmacs, median_ms, p90_ms, gmacs_per_s}], "monolithic_settings":
@@ -243,11 +242,10 @@ def bench_engines(engine_dir, config=BenchConfig(), progress=None, configure_thr
     "chain_median_ms", "monolithic_median_ms", "paired_ratio_median" (chain / monolithic, median over
     interleaved pairs), "paired_ratio_p10", "paired_ratio_p90", "ratio_vs_fastest_any" (chain median
     alone / fastest monolithic median, in-process or separate-process), "labels_agreement" (fraction of
-    pixels where chain and monolithic labels agree), "pairs", ...}. ``configure_threads``: as in
+    pixels where chain and monolithic labels agree), "pairs", "threading", ...}. Threading: as in
     profile_engines.
     """
     engines = load_engines(engine_dir)
-    _configure(engines, configure_threads)
     rng = np.random.default_rng(config.seed)
     pcfg = ProfileConfig(config.min_iters, config.min_seconds, config.warmup_s, 0.5, config.seed)
     rows = []
@@ -284,7 +282,8 @@ def bench_engines(engine_dir, config=BenchConfig(), progress=None, configure_thr
             "chain_median_ms": paired.b.median_ms, "monolithic_median_ms": paired.a.median_ms,
             "paired_ratio_median": paired.ratio_median, "paired_ratio_p10": paired.ratio_p10,
             "paired_ratio_p90": paired.ratio_p90, "ratio_vs_fastest_any": chain_alone / fastest,
-            "labels_agreement": agreement, "pairs": paired.n_pairs, "backend": engines.backend,
+            "labels_agreement": agreement, "pairs": paired.n_pairs, "threading": _threading(engines),
+            "backend": engines.backend,
             "precision": engines.precision, "device": engines.sidecar["device"]["id"],
             "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
 

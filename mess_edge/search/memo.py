@@ -82,7 +82,7 @@ class Memo:
         return int(hits[0]) if len(hits) else None
 
     def exact_float32(self):
-        """True when float32 sums of pixel counts are exact: every partial sum stays below 2**24."""
+        """True when float32 sums of pixel counts are exact: every total (and row + col) stays below 2**24."""
         return int(self.confusion.sum(axis=(1, 2, 3)).max(initial=0)) < (1 << 23)
 
     def stats(self, dtype=np.float64):
@@ -199,3 +199,14 @@ def load_memo(path):
         return Memo(meta=meta, **arrays)
     except MessError as e:
         raise MessError("memo {}: {}".format(path, e))
+
+
+def save_memo(path, memo):
+    """Write ``memo`` as memo.npz (the calibrate stage's format), atomically."""
+    from mess_edge.artifacts import atomic_path
+
+    arrays = {k: getattr(memo, k) for k in _ARRAYS}
+    arrays["hist_edge"] = arrays["hist_edge"].astype(np.int32)
+    arrays["hist_raw"] = arrays["hist_raw"].astype(np.int32)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, meta=np.array(json.dumps(memo.meta)), **arrays)

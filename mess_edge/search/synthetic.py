@@ -21,9 +21,11 @@ def random_memo(n_points=4, heads_per_point=16, n_images=500, n_classes=11, n_bi
     head_arch = np.tile(arch, (n_points, 1)).astype(np.int64)  # (crm, blocks, rdi, head), distinct per point
     depth = np.r_[(head_exit + 1) / (n_points + 1), 1.0]
     capacity = np.r_[(head_arch[:, 1] + 1) / 4.0 - head_arch[:, 0] / 8.0, 1.0]
-    quality = 0.45 + 0.4 * depth + 0.08 * capacity + rng.normal(0, 0.02, h + 1)  # [H+1]
+    quality = 0.55 + 0.3 * np.sqrt(depth) + 0.06 * capacity + rng.normal(0, 0.01, h + 1)  # [H+1], final ~0.9
     difficulty = rng.beta(2.0, 3.0, n_images)  # [I]
-    acc = np.clip(quality[:, None] - 0.45 * difficulty[None, :] + rng.normal(0, 0.04, (h + 1, n_images)), 0.05, 0.99)
+    # Easy images are right at every exit; hard ones separate the shallow exits from the deep ones.
+    err = (1 - quality[:, None]) * 3.0 * difficulty[None, :] ** 1.5 + rng.normal(0, 0.01, (h + 1, n_images))
+    acc = np.clip(1 - err, 0.05, 0.995)
 
     # Ground truth: background plus one to three object classes per image, shared by every exit.
     present = np.zeros((n_images, n_classes))
@@ -38,7 +40,9 @@ def random_memo(n_points=4, heads_per_point=16, n_images=500, n_classes=11, n_bi
     right = rng.binomial(n, acc[:, :, None])
     wrong = n - right
     first = rng.binomial(wrong, 0.6)
-    other1 = (np.arange(n_classes) + rng.integers(1, n_classes, n.shape)) % n_classes
+    # Mistakes go mostly to the background or to another class of the image, as a real network's do.
+    objects = np.argmax(present[:, 1:], axis=1) + 1  # [I] the image's main object class
+    other1 = np.where(np.arange(n_classes) == 0, objects[None, :, None], 0) * np.ones(n.shape, dtype=np.int64)
     other2 = (np.arange(n_classes) + rng.integers(1, n_classes, n.shape)) % n_classes
     confusion = np.zeros((h + 1, n_images, n_classes, n_classes), dtype=np.int64)
     hi, ii, ci = np.indices(n.shape)

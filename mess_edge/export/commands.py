@@ -1,0 +1,14 @@
+"""``mess-edge export`` (host side: torch and onnx are imported inside the command)."""
+
+import click
+
+
+@click.command()
+@click.argument("ckpt", type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="Folder for the ONNX graphs and manifest.json.")
+def export(ckpt, out):
+    """Export per-segment and per-head ONNX graphs (opset 17) of a stage-2 checkpoint, checked against PyTorch."""
+    from mess_edge.export.exporter import export_checkpoint
+
+    m = export_checkpoint(ckpt, out, log=click.echo)
+    click.echo("wrote {} graphs and manifest.json to {}".format(len(m["graphs"]), out))

@@ -1,0 +1,75 @@
+"""The torch modules exported as ONNX graphs: one per backbone segment, head, final path, upsample, monolith.
+
+They use only the model's entry points (``forward_segment``, ``forward_exit``, ``forward_final_head``), so
+per-segment export needs no special model code. Label maps leave the graph as int32: TensorRT 8.x's ArgMax
+yields INT32, and a uint8/int32 label map is what the host needs.
+"""
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from mess_edge.model.gate import ConfidenceGate
+
+
+class Segment(nn.Module):
+    """Backbone segment k: exit point k-1's feature (or the image) -> exit point k's feature."""
+
+    def __init__(self, net, k):
+        super().__init__()
+        self.net, self.k = net, k
+
+    def forward(self, x):
+        return self.net.forward_segment(self.k, x)
+
+
+class GatedHead(nn.Module):
+    """An early exit: feature, th_pix -> (native logits, image confidence of eqs. 7-9)."""
+
+    def __init__(self, net, k, arch):
+        super().__init__()
+        self.head = net.exit_head(k, arch)
+        self.gate = ConfidenceGate()
+
+    def forward(self, feat, th_pix):
+        logits = self.head(feat)
+        return logits, self.gate(logits, th_pix)
+
+
+class FinalPath(nn.Module):
+    """The last backbone segment and the final head: last exit point's feature, th_pix -> (logits, conf)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.gate = ConfidenceGate()
+
+    def forward(self, feat, th_pix):
+        logits = self.net.forward_final_head(self.net.forward_segment(self.net.n_segments - 1, feat))
+        return logits, self.gate(logits, th_pix)
+
+
+class Upsample(nn.Module):
+    """Native logits -> label map at the input size (bilinear, align_corners=False, argmax), int32.
+
+    Run only for the exit an image takes: no head upsamples before the exit decision.
+    """
+
+    def __init__(self, hw):
+        super().__init__()
+        self.hw = tuple(int(v) for v in hw)
+
+    def forward(self, logits):
+        up = F.interpolate(logits, size=self.hw, mode="bilinear", align_corners=False)
+        return up.argmax(dim=1).to(torch.int32)
+
+
+class Monolithic(nn.Module):
+    """The original single-exit network (the final-only baseline): image -> label map, int32."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, image):
+        return self.net(image).argmax(dim=1).to(torch.int32)
