@@ -208,3 +208,13 @@ def test_unconfigured_process_keeps_plain_sessions_working(onnx_dir):
         assert r.threading.startswith("own pool (") and r.threading.endswith("spinning off)")
         x = np.ones((1, 3, 32, 32), np.float32)
         np.testing.assert_allclose(r.infer({"image": x})["feat"], _plain(path, {"image": x})["feat"], rtol=1e-5)
+
+
+def test_non_contiguous_numpy_inputs(onnx_dir):
+    path = os.path.join(onnx_dir, "segment_1.onnx")
+    x = np.random.default_rng(5).standard_normal((1, 8, 16, 32)).astype(np.float32)[..., ::2]  # a strided view
+    assert not x.flags["C_CONTIGUOUS"]
+    with OrtRunner(path) as r:
+        want = _plain(path, {"feat_in": np.ascontiguousarray(x)})["feat"]
+        np.testing.assert_allclose(r.infer({"feat_in": x})["feat"], want, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(r.infer_ortvalues({"feat_in": x})["feat"].numpy(), want, rtol=1e-5, atol=1e-6)

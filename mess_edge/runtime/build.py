@@ -111,7 +111,8 @@ def build_engines(onnx_dir, backend, precision="fp32", out_dir=None, providers=(
         entries = _build_ort(onnx_dir, manifest, out_dir, cfg, log)
     else:
         entries = _build_trt(onnx_dir, manifest, out_dir, cfg, device["id"], log)
-    write_bytes_atomic(os.path.join(out_dir, MANIFEST), open(os.path.join(onnx_dir, MANIFEST), "rb").read())
+    with open(os.path.join(onnx_dir, MANIFEST), "rb") as f:
+        write_bytes_atomic(os.path.join(out_dir, MANIFEST), f.read())
     sidecar = {"format": FORMAT, "backend": backend, "precision": precision, "providers": list(cfg.providers),
                "dla_core": dla_core, "device": device, "versions": library_versions(backend),
                "input_hw": manifest.get("input_hw"), "manifest_sha256": manifest_sha,

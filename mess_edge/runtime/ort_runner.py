@@ -200,11 +200,13 @@ class OrtRunner(Runner):
         if check_inputs:
             self.check_feed(feed)
         b = self._binding
+        keep = []  # bind_cpu_input keeps a pointer, not a reference: hold contiguous copies until the run
         for name, value in feed.items():
             if isinstance(value, ort.OrtValue):
                 b.bind_ortvalue_input(name, value)
             else:
-                b.bind_cpu_input(name, np.ascontiguousarray(value))
+                keep.append(np.ascontiguousarray(value))
+                b.bind_cpu_input(name, keep[-1])
         if self._out_values is None:
             self._bind_outputs()
         self.session.run_with_iobinding(b)

@@ -7,7 +7,8 @@ monolithic graph timed alone on random inputs of its real shape (th_pix 0.5), pl
 setting found, by paired interleaved runs.
 
 What is timed: ORT runs through IOBinding with inputs already in OrtValues, as the chain runs them;
-TensorRT times enqueue + GPU work with no host copies (inputs stay in device buffers), synchronised.
+TensorRT runs the engine alone with inputs already in device buffers (no host copies): host wall clock
+including the synchronisation, plus the GPU time from CUDA events (gpu_*_ms).
 """
 
 import dataclasses
@@ -48,21 +49,26 @@ def random_feed(metas, th_pix, rng):
 
 
 def _timed_call(runner, feed):
-    """(fn, sync) that run ``runner`` once on ``feed`` the way the chain does."""
+    """(fn, gpu_ms) to run ``runner`` once on ``feed`` the way the chain does; ``gpu_ms`` collects the
+    CUDA-event time of every TensorRT call (None for ORT)."""
     if hasattr(runner, "infer_ortvalues"):
         values = {k: runner.ortvalue(v) for k, v in feed.items()}
         runner.infer_ortvalues(values)  # validates once; the timed calls skip the checks
         return (lambda: runner.infer_ortvalues(values, check_inputs=False)), None
     runner.enqueue(feed, host_outputs=())  # inputs stay in device buffers from here on
     runner.synchronize()
-    return (lambda: runner.enqueue(host_outputs=(), check_inputs=False)), runner.synchronize
+    gpu_ms = []
+    return (lambda: gpu_ms.append(runner.time_gpu_ms())), gpu_ms
 
 
 def time_graph(engines, name, config, rng):
-    """TimingStats of graph ``name`` of an EngineSet, timed alone."""
+    """(host TimingStats, GPU TimingStats or None) of graph ``name`` of an EngineSet, timed alone. The
+    host time is perf_counter around one call including its synchronisation; the GPU time (TensorRT)
+    comes from CUDA events around the engine alone, warm-up excluded."""
     with engines.runner(name) as runner:
-        fn, sync = _timed_call(runner, random_feed(runner.input_metadata.values(), config.th_pix, rng))
-        return timing.time_fn(fn, config.min_iters, config.min_seconds, config.warmup_s, sync)
+        fn, gpu_ms = _timed_call(runner, random_feed(runner.input_metadata.values(), config.th_pix, rng))
+        stats = timing.time_fn(fn, config.min_iters, config.min_seconds, config.warmup_s)
+        return stats, (timing.summarize(gpu_ms[-stats.n:]) if gpu_ms else None)
 
 
 def _conditions(engines, config, threading):
@@ -71,7 +77,8 @@ def _conditions(engines, config, threading):
                 versions=library_versions(engines.backend), build_versions=engines.sidecar["versions"],
                 warmup_s=config.warmup_s, min_iters=config.min_iters, min_seconds=config.min_seconds,
                 th_pix=config.th_pix, timing=("ORT IOBinding, inputs as OrtValues" if engines.backend == "ort"
-                                               else "TensorRT enqueue + GPU, no host copies, synchronised"))
+                                               else "TensorRT engine alone, no host copies: *_ms host wall "
+                                                    "clock incl. sync, gpu_*_ms CUDA events"))
     return cond
 
 
@@ -92,9 +99,12 @@ def profile_engines(engine_dir, out=None, config=ProfileConfig(), progress=None)
            "checkpoint_sha256": engines.manifest.get("checkpoint_sha256"), "conditions": None,
            "segments": [], "heads": [], "final": None, "upsample": None, "upsamples": [], "monolithic": None}
     for i, g in enumerate(graphs):
-        stats = time_graph(engines, g["name"], config, rng)
+        stats, gpu = time_graph(engines, g["name"], config, rng)
         row = timing.stats_dict(stats)
         row["name"] = g["name"]
+        if gpu is not None:
+            row.update(gpu_median_ms=gpu.median_ms, gpu_mean_ms=gpu.mean_ms, gpu_p90_ms=gpu.p90_ms,
+                       gpu_p99_ms=gpu.p99_ms)
         if g["role"] == "segment":
             lut["segments"].append(dict(row, index=g["index"]))
         elif g["role"] == "head":
@@ -251,7 +261,7 @@ def bench_engines(engine_dir, config=BenchConfig(), progress=None):
     rows = []
     graphs = [g for role in ROLE_ORDER for g in engines.by_role(role)]
     for i, g in enumerate(graphs):
-        s = time_graph(engines, g["name"], pcfg, rng)
+        s = time_graph(engines, g["name"], pcfg, rng)[0]
         rows.append({"name": g["name"], "role": g["role"], "gmacs": g.get("gmacs"), "median_ms": s.median_ms,
                      "p90_ms": s.p90_ms, "gmacs_per_s": (g["gmacs"] / (s.median_ms / 1e3)) if g.get("gmacs") else None})
         if progress is not None:

@@ -115,7 +115,7 @@ class TrtRunner(Runner):
         self.host_outputs, self.stream = host_outputs, stream
         self._own_stream = stream is None
         self._own, self._host, self._tensors = {}, {}, {}
-        self._context = self._engine = self._runtime = None
+        self._context = self._engine = self._runtime = self._events = None
 
     def _activate(self):
         try:
@@ -212,6 +212,21 @@ class TrtRunner(Runner):
         with cuda_context(self.device_index):
             self.stream.synchronize()
 
+    def time_gpu_ms(self):
+        """Run the engine once on its current device buffers (no host copies) between two CUDA events on
+        the stream; wait, and return the GPU time in ms (trtexec's "GPU Compute Time")."""
+        self._require_active("time_gpu_ms()")
+        with cuda_context(self.device_index) as cuda:
+            if self._events is None:
+                self._events = (cuda.Event(), cuda.Event())
+            start, end = self._events
+            start.record(self.stream)
+            if not self._context.execute_async_v3(self.stream.handle):
+                raise MessError("TensorRT failed to run {}; see the TensorRT log above".format(self.name))
+            end.record(self.stream)
+            end.synchronize()
+            return end.time_since(start)
+
     def host_output(self, name):
         """The pinned host buffer of output ``name`` (valid after synchronize; overwritten by the next run)."""
         return self._host[name]
@@ -229,7 +244,7 @@ class TrtRunner(Runner):
                 free = getattr(arr.base, "free", None)
                 if free is not None:
                     free()
-            self._own, self._host, self._tensors = {}, {}, {}
+            self._own, self._host, self._tensors, self._events = {}, {}, {}, None
             # the context before the engine, the engine before the runtime
             self._context = None
             self._engine = None

@@ -57,7 +57,7 @@ def write_pareto(path, points, unit):
     lines = ["cost_{},miou_percent,n_exits,pareto,chosen,description".format(unit)]
     for i, (c, m, k, p, d) in enumerate(zip(points.costs.tolist(), (points.mious * 100).tolist(),
                                             points.n_exits.tolist(), points.pareto.tolist(), points.descriptions)):
-        lines.append("{:.6g},{:.4f},{},{},{},\"{}\"".format(c, m, k, int(p), int(i == points.chosen), d))
+        lines.append("{!r},{!r},{},{},{},\"{}\"".format(c, m, k, int(p), int(i == points.chosen), d))
     with atomic_path(path) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write("\n".join(lines) + "\n")

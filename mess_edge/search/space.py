@@ -182,7 +182,7 @@ class Anytime:
         if c.anytime_accuracy == "final":
             return worst
         worst = np.minimum(worst, c.head_miou[self.axes[0][rows]][:, None])
-        for j, i in enumerate(np.unravel_index(cols, self.shape[1:])):
+        for j, i in enumerate(np.unravel_index(cols, self.shape[1:]) if self.k > 1 else ()):
             worst = np.minimum(worst, c.head_miou[self.axes[j + 1][i]][None, :])
         return worst
 

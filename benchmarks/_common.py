@@ -1,0 +1,60 @@
+"""Helpers shared by the benchmarks: running mess-edge stages as subprocesses and saving result tables."""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+
+
+def cli(*args, capture=True):
+    """Run `mess-edge ARGS` in its own process; return stdout. Raises on failure with the stderr tail."""
+    cmd = [sys.executable, "-m", "mess_edge.cli"] + [str(a) for a in args]
+    r = subprocess.run(cmd, stdout=subprocess.PIPE if capture else None, stderr=subprocess.PIPE, text=True,
+                       cwd=ROOT)
+    if r.returncode:
+        raise RuntimeError("mess-edge {} failed: {}".format(" ".join(map(str, args)), r.stderr[-1500:]))
+    return r.stdout
+
+
+def cli_json(*args):
+    return json.loads(cli(*args))
+
+
+def conditions():
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "python": platform.python_version(),
+            "machine": platform.machine(), "cpu": _cpu_model(), "cores": os.cpu_count()}
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def save(name, payload, markdown):
+    """Write benchmarks/results/NAME.json and NAME.md (atomically) and print the markdown."""
+    sys.path.insert(0, ROOT)
+    from mess_edge.artifacts import write_bytes_atomic, write_json_atomic
+
+    os.makedirs(RESULTS, exist_ok=True)
+    payload = dict(payload, conditions=conditions())
+    write_json_atomic(os.path.join(RESULTS, name + ".json"), payload)
+    write_bytes_atomic(os.path.join(RESULTS, name + ".md"), (markdown.rstrip() + "\n").encode())
+    print(markdown)
+
+
+def mean_std(values):
+    import numpy as np
+
+    v = np.asarray(values, float)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0

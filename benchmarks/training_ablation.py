@@ -1,0 +1,154 @@
+"""Tables 5 and 6 of the paper on DigitScenes, and the cost of stage 2 (sec. 4.3).
+
+Table 5 (uniform vanilla FCN exits): (i) final exit only, (ii) E2E (sum of CE, end to end), (iii) exit-aware
+pre-training (eq. 2, round robin), (iv) Frozen: (i)'s backbone + CE exits, (v) ours: (iii)'s backbone + CE exits.
+Table 6: CE, KD, SelfDistill and PFD exits on the same frozen exit-aware backbone.
+Stage-2 cost: H heads trained jointly (one backbone pass per batch) vs one head at a time (one pass per head).
+
+    python benchmarks/training_ablation.py                      # 3 seeds, defaults below
+    python benchmarks/training_ablation.py --seeds 0 --stage1-epochs 2 --n-train 300   # a quick look
+"""
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks._common import ROOT, cli, cli_json, mean_std, save  # noqa: E402
+
+LOSSES = ("ce", "kd", "selfdistill", "pfd")
+
+
+def run_seed(a, data, seed, work):
+    common = ["--data", data, "--batch-size", a.batch_size, "--seed", seed, "--val-images", 0]
+    s1 = {}
+    for sched in ("final-only", "e2e", "exit-aware"):
+        out = os.path.join(work, "s1-{}-{}.pt".format(sched, seed))
+        if not os.path.isfile(out):
+            cli("train", "--preset", a.preset, "--stage", 1, "--schedule", sched, "--exits", a.exits,
+                "--epochs", a.stage1_epochs, "--out", out, *common)
+        s1[sched] = out
+    rows = {}
+    for name in ("final-only", "e2e", "exit-aware"):
+        rows[name] = cli_json("eval", s1[name], "--data", data, "--split", "test", "--json")
+    for name, init, loss in [("frozen", "final-only", "ce")] + [("aware-" + l, "exit-aware", l) for l in LOSSES]:
+        out = os.path.join(work, "s2-{}-{}.pt".format(name, seed))
+        if not os.path.isfile(out):
+            cli("train", "--stage", 2, "--init", s1[init], "--space", a.arch, "--loss", loss, "--epochs",
+                a.stage2_epochs, "--out", out, *common)
+        rows[name] = cli_json("eval", out, "--data", data, "--split", "test", "--json")
+    return {k: {"final": v["final"]["miou"], "exits": [e["miou"] for e in v["exits"]]} for k, v in rows.items()}
+
+
+def stage2_cost(a, n_heads_archs, batches):
+    """Seconds per batch and backbone passes: all heads jointly vs one head at a time (same heads, same data)."""
+    import torch
+
+    from mess_edge.model.heads import ExitArch
+    from mess_edge.model.multiexit import MultiExitNet
+    from mess_edge.train import losses
+
+    torch.manual_seed(0)
+    archs = [ExitArch.parse(n) for n in n_heads_archs]
+    net = MultiExitNet(a.preset, 11, None, a.cost_exits)
+    for k in range(len(net.exit_points)):
+        for arch in archs:
+            net.add_exit(k, arch)
+    heads = net.heads()
+    net.backbone.eval()
+    net.final_head.eval()
+    opt = torch.optim.AdamW(net.exits.parameters(), lr=1e-3)
+    hw = net.input_hw
+    x = torch.randn(a.batch_size, 3, *hw)
+    y = torch.randint(0, 11, (a.batch_size,) + tuple(hw))
+
+    def step(hs):
+        with torch.no_grad():
+            feats = net.forward_features(x)
+            teacher = torch.nn.functional.interpolate(net.forward_final_head(feats[-1]), size=hw, mode="bilinear")
+        loss = sum(losses.exit_loss("pfd", torch.nn.functional.interpolate(
+            net.forward_exit(k, ar, feats[k]), size=hw, mode="bilinear"), teacher, y) for k, ar in hs)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    step(heads)  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        step(heads)
+    joint = (time.perf_counter() - t0) / batches
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        for h in heads:
+            step([h])
+    single = (time.perf_counter() - t0) / batches
+    return {"heads": len(heads), "batch_size": a.batch_size, "batches_timed": batches,
+            "joint_s_per_batch": joint, "one_at_a_time_s_per_batch": single,
+            "joint_backbone_passes_per_batch": 1, "one_at_a_time_backbone_passes_per_batch": len(heads),
+            "wall_ratio": single / joint, "passes_ratio": float(len(heads))}
+
+
+def fmt_cell(vals):
+    m, s = mean_std(vals)
+    return "{:.2f} ± {:.2f}".format(m, s)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="cpu-mbv2")
+    p.add_argument("--exits", type=int, default=4, help="exit points incl. the final")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--stage1-epochs", type=int, default=6)
+    p.add_argument("--stage2-epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--n-train", type=int, default=1000)
+    p.add_argument("--n-eval", type=int, default=200)
+    p.add_argument("--arch", default="c0b0r0h0", help="the uniform exit architecture of both tables")
+    p.add_argument("--cost-exits", type=int, default=5, help="exit points for the 32-head cost measurement")
+    p.add_argument("--cost-batches", type=int, default=3)
+    p.add_argument("--work", default=os.path.join(ROOT, "runs", "ablation"))
+    a = p.parse_args()
+    os.makedirs(a.work, exist_ok=True)
+    data = os.path.join(a.work, "data")
+    cli("data", "digitscenes", "--out", data, "--n-train", a.n_train, "--n-cal", a.n_eval, "--n-test", a.n_eval)
+    seeds = [int(s) for s in a.seeds.split(",")]
+    t0 = time.time()
+    per_seed = [run_seed(a, data, s, a.work) for s in seeds]
+    train_wall = time.time() - t0
+    space8 = "c0b0r0h0,c1b0r0h0,c2b0r0h0,c1b1r0h0,c1b1r1h0,c2b2r1h0,c3b1r0h1,c2b1r1h1".split(",")
+    cost = stage2_cost(a, space8, a.cost_batches)
+
+    n_early = a.exits - 1
+    hdr = "| " + " | ".join(["method"] + ["E{}".format(i + 1) for i in range(n_early)] + ["final"]) + " |"
+    sep = "|" + "---|" * (n_early + 2)
+
+    def row(label, key):
+        cells = [fmt_cell([r[key]["exits"][i] for r in per_seed]) if per_seed[0][key]["exits"] else "-"
+                 for i in range(n_early)]
+        return "| {} | {} | {} |".format(label, " | ".join(cells), fmt_cell([r[key]["final"] for r in per_seed]))
+
+    t5 = [hdr, sep, "| (i) final exit only | {} | {} |".format(" | ".join(["-"] * n_early), fmt_cell(
+        [r["final-only"]["final"] for r in per_seed])),
+          row("(ii) E2E", "e2e"), row("(iii) exit-aware pre-training", "exit-aware"),
+          row("(iv) Frozen: (i) + CE exits", "frozen"), row("(v) ours: (iii) + CE exits", "aware-ce")]
+    t6 = [hdr, sep] + [row(name, "aware-" + l) for name, l in
+                       (("CE", "ce"), ("KD", "kd"), ("SelfDistill", "selfdistill"), ("PFD (ours)", "pfd"))]
+    md = ["# Training ablation (DigitScenes, {}, {} exit points, arch {}, seeds {})".format(
+        a.preset, a.exits, a.arch, a.seeds), "",
+          "Test mIoU %, mean ± std over seeds; stage 1 {} epochs, stage 2 {} epochs, {} train images; "
+          "all runs {:.0f} s.".format(a.stage1_epochs, a.stage2_epochs, a.n_train, train_wall), "",
+          "## Table 5 analogue: two-stage training", ""] + t5 + ["", "## Table 6 analogue: stage-2 losses on "
+                                                                "the exit-aware backbone", ""] + t6 + [
+        "", "## Stage-2 cost with {} heads".format(cost["heads"]), "",
+        "| | s / batch | backbone passes / batch |", "|---|---|---|",
+        "| all heads jointly | {:.3f} | 1 |".format(cost["joint_s_per_batch"]),
+        "| one head at a time | {:.3f} | {} |".format(cost["one_at_a_time_s_per_batch"], cost["heads"]),
+        "| ratio | **{:.1f}x** | **{}x** |".format(cost["wall_ratio"], cost["heads"])]
+    save("training_ablation", {"args": vars(a), "per_seed": per_seed, "seeds": seeds, "stage2_cost": cost,
+                               "train_wall_s": train_wall}, "\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

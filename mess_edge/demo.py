@@ -1,0 +1,112 @@
+"""``mess-edge demo``: the whole pipeline on the embedded default (DigitScenes, ONNX Runtime on the CPU).
+
+data -> stage 2 (from the shipped stage-1 checkpoint) -> calibrate -> export -> build -> profile ->
+search (input-dependent, <= 1 pp drop, measured latencies) -> eval on the test split -> run on a video.
+
+Each stage runs as its own ``mess-edge`` process, as a user would run it: the device-side stages (build,
+profile, run) never share a process with torch, whose thread pool slows onnxruntime.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import click
+
+ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
+SHIPPED_STAGE1 = os.path.join(ASSETS, "cpu-mbv2-stage1.pt")
+# How the shipped checkpoint was made (also in its .json sidecar); `make demo-checkpoint` reruns it.
+STAGE1_RECIPE = ["--preset", "cpu-mbv2", "--stage", "1", "--epochs", "12", "--batch-size", "16", "--seed", "0"]
+
+
+def _cli(args, log, capture=False):
+    cmd = [sys.executable, "-m", "mess_edge.cli"] + [str(a) for a in args]
+    log("$ mess-edge " + " ".join(str(a) for a in args))
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, stdout=subprocess.PIPE if capture else None, text=True)
+    if r.returncode != 0:
+        from mess_edge.errors import MessError
+
+        raise MessError("demo step `mess-edge {}` failed (exit {}); see its message above".format(args[0],
+                                                                                                  r.returncode))
+    log("  ({:.1f} s)".format(time.perf_counter() - t0))
+    return r.stdout
+
+
+@click.command("demo")
+@click.option("--out", "out_dir", default="demo", show_default=True, type=click.Path(), help="Work folder.")
+@click.option("--from-scratch", is_flag=True, help="Train stage 1 too instead of using the shipped checkpoint "
+              "(about 25 minutes on 2 CPU cores).")
+@click.option("--n-train", type=int, default=2000, show_default=True, help="DigitScenes training images.")
+@click.option("--n-eval", type=int, default=500, show_default=True, help="DigitScenes cal and test images each.")
+@click.option("--stage2-epochs", type=int, default=2, show_default=True)
+@click.option("--max-frames", type=int, default=300, show_default=True, help="Frames of the video run.")
+@click.option("--profile-seconds", type=float, default=0.5, show_default=True, help="Timing per graph.")
+def demo_command(out_dir, from_scratch, n_train, n_eval, stage2_epochs, max_frames, profile_seconds):
+    """Run the whole pipeline on DigitScenes with ONNX Runtime on the CPU and print a report."""
+    log = click.echo
+    t_start = time.perf_counter()
+    os.makedirs(out_dir, exist_ok=True)
+    data = os.path.join(out_dir, "data")
+    _cli(["data", "digitscenes", "--out", data, "--n-train", n_train, "--n-cal", n_eval, "--n-test", n_eval], log)
+    stage1 = os.path.join(out_dir, "stage1.pt")
+    if from_scratch or not os.path.isfile(SHIPPED_STAGE1):
+        if not from_scratch:
+            log("no shipped stage-1 checkpoint at {}: training it (about 25 minutes)".format(SHIPPED_STAGE1))
+        _cli(["train", "--data", data] + STAGE1_RECIPE + ["--out", stage1], log)
+    else:
+        shutil.copyfile(SHIPPED_STAGE1, stage1)
+        log("stage 1: using the shipped checkpoint {} (see its .json for how it was made)".format(SHIPPED_STAGE1))
+    stage2 = os.path.join(out_dir, "stage2.pt")
+    _cli(["train", "--data", data, "--stage", "2", "--init", stage1, "--space", "small", "--epochs",
+          stage2_epochs, "--val-images", 100, "--out", stage2], log)
+    memo = os.path.join(out_dir, "calibrate", "memo.npz")
+    _cli(["calibrate", stage2, "--data", data, "--out", memo], log)
+    onnx_dir = os.path.join(out_dir, "onnx")
+    _cli(["export", stage2, "--out", onnx_dir], log)
+    engines = os.path.join(out_dir, "engines", "cpu-ort")
+    _cli(["build", onnx_dir, "--backend", "ort", "--out", engines], log)
+    lut = os.path.join(engines, "lut.json")
+    _cli(["profile", engines, "--out", lut, "--min-seconds", profile_seconds], log)
+    instance = os.path.join(out_dir, "instance.json")
+    _cli(["search", "--memo", memo, "--manifest", os.path.join(onnx_dir, "manifest.json"), "--lut", lut,
+          "--setting", "input-dependent", "--max-drop", 1.0, "--out", instance,
+          "--plot", os.path.join(out_dir, "pareto.png")], log)
+    test = json.loads(_cli(["eval", stage2, "--data", data, "--split", "test", "--instance", instance, "--json"],
+                           log, capture=True))
+    heads = json.loads(_cli(["eval", stage2, "--data", data, "--split", "test", "--json"], log, capture=True))
+    video = os.path.join(out_dir, "test.mp4")
+    _cli(["data", "video", "--data", data, "--split", "test", "--out", video], log)
+    stats = os.path.join(out_dir, "run_stats.json")
+    out_video = os.path.join(out_dir, "overlay.mp4")
+    _cli(["run", instance, "--engines", engines, "--source", video, "--output", out_video, "--no-display",
+          "--stats", stats, "--max-frames", max_frames], log)
+    _report(out_dir, heads, test, instance, stats, time.perf_counter() - t_start, log)
+
+
+def _report(out_dir, heads, test, instance_path, stats_path, seconds, log):
+    with open(instance_path) as f:
+        inst = json.load(f)
+    with open(stats_path) as f:
+        stats = json.load(f)
+    best = {}
+    for e in heads["exits"]:
+        if e["exit"] not in best or e["miou"] > best[e["exit"]]["miou"]:
+            best[e["exit"]] = e
+    log("\n=== mess-edge demo report ({:.0f} s) ===".format(seconds))
+    log("test mIoU per exit (best architecture): " + ", ".join(
+        "E{} {:.1f} ({})".format(k + 1, e["miou"], e["name"]) for k, e in sorted(best.items())) +
+        ", final {:.1f}".format(heads["final"]["miou"]))
+    log("instance ({}): exits {} th_pix {} -> test mIoU {:.1f} (calibration {:.1f}), exits taken {}".format(
+        inst["setting"], ", ".join("E{} {} th_img {:.2f}".format(e["exit"] + 1, e["arch"], e["th_img"])
+                                   for e in inst["exits"]), inst.get("th_pix"), test["miou"],
+        inst["calibration_miou"], test.get("exit_histogram")))
+    measured = stats.get("speedup_vs_final_only")
+    log("expected latency {:.3f} ms vs final-only {:.3f} ms (predicted speedup {:.2f}x){}".format(
+        inst["expected_cost"], inst["final_only_cost"], inst["final_only_cost"] / inst["expected_cost"],
+        "; measured through the runtime: {:.2f}x".format(measured) if measured else ""))
+    log("artifacts under {}: data/, stage2.pt, calibrate/memo.npz, onnx/, engines/cpu-ort/ (lut.json), "
+        "instance.json, pareto.png, overlay.mp4, run_stats.json".format(out_dir))
