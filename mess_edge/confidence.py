@@ -133,17 +133,16 @@ def image_confidence_reference(logits, th_pix, edge=True, kind="top1", stride=8,
 
 
 def _pixel_confidence_f32(logits, kind):
+    """float32 [..., h, w], the graph's formula (mess_edge.model.gate.pixel_confidence_graph): no softmax."""
     z = np.asarray(logits, dtype=np.float32)
+    n = z.shape[-3]
     shifted = z - z.max(axis=-3, keepdims=True)
     e = np.exp(shifted)
-    total = e.sum(axis=-3, keepdims=True)
-    p = e / total
+    mean_e = e.mean(axis=-3)
     if kind == "top1":
-        return p.max(axis=-3)
-    # Same formula as the graph: 1 + C / log(C) * mean_c(p * log p), log p from the log-softmax.
-    n = z.shape[-3]
-    plogp = p * (shifted - np.log(total))
-    return np.float32(1.0) + np.float32(n / np.log(n)) * plogp.mean(axis=-3)
+        return np.float32(1.0 / n) / mean_e
+    ratio = (e * shifted).mean(axis=-3) / mean_e
+    return (ratio - np.log(mean_e)) * np.float32(1.0 / np.log(n))
 
 
 def _pad_hw(x, radius, mode, **kwargs):

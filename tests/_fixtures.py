@@ -3,7 +3,7 @@ onnx.helper only (no torch, so tests that time onnxruntime can use them in-proce
 
 ``make_onnx_dir(out_dir, ...)`` writes one graph per segment, per head, the final exit, one upsample graph
 per logits resolution and the monolithic final-only graph, all sharing the same random weights, so the
-chain segments -> final -> upsample computes exactly what the monolithic graph computes.
+chain segments -> final (which ends in its upsample) computes exactly what the monolithic graph computes.
 """
 
 import hashlib
@@ -170,17 +170,14 @@ def make_onnx_dir(out_dir, input_hw=(32, 32), widths=(8, 16), num_classes=4, dep
                    [(n, TensorProto.FLOAT, s) for n, s in outs])
             entry(name, "head", g, path, ins, outs, exit=e, arch=dict(arch))
             logit_hws.add(tuple(fhw))
+    # The final graph runs the final exit and its upsample: feature -> labels (no confidence).
     g = _Graph(params)
-    logits = add_final(g, "feat")
-    g.nodes.append(helper.make_node("Identity", [logits], ["logits"]))
-    g.confidence("logits", "th_pix")
+    g.upsample(add_final(g, "feat"), C, (H, W))
     w, fhw = shapes[-1]
-    ins, outs = [("feat", [1, w] + list(fhw)), th], [("logits", [1, C] + list(fhw)), ("confidence", [1])]
+    ins = [("feat", [1, w] + list(fhw))]
     path = os.path.join(out_dir, "final.onnx")
-    g.save(path, "final", [(n, TensorProto.FLOAT, s) for n, s in ins],
-           [(n, TensorProto.FLOAT, s) for n, s in outs])
-    entry("final", "final", g, path, ins, outs)
-    logit_hws.add(tuple(fhw))
+    g.save(path, "final", [("feat", TensorProto.FLOAT, ins[0][1])], [("labels", TensorProto.INT32, [1, H, W])])
+    entry("final", "final", g, path, ins, [("labels", [1, H, W], "int32")])
     for hw in sorted(logit_hws, reverse=True):
         g = _Graph(params)
         g.upsample("logits", C, (H, W))

@@ -12,7 +12,6 @@ import onnxruntime as ort
 import pytest
 
 from _fixtures import make_onnx_dir
-from mess_edge.cli import main
 from mess_edge.errors import MessError
 from mess_edge.runtime import timing
 from mess_edge.runtime.build import build_engines, load_engines
@@ -156,7 +155,7 @@ def test_profile_writes_the_lut(built, tmp_path):
     assert [(h["exit"], h["arch"]) for h in lut["heads"]] == [
         (e, {"crm": c, "blocks": b, "rdi": 0, "head": 0}) for e in (0, 1) for c, b in ((0, 0), (1, 1))]
     assert lut["final"]["name"] == "final" and lut["monolithic"]["name"] == "monolithic"
-    assert lut["upsample"]["name"] == "upsample_8x8"  # the final exit's resolution
+    assert lut["upsample"]["name"] == "upsample_16x16"  # the early heads' resolution (the final has its own)
     assert [u["name"] for u in lut["upsamples"]] == ["upsample_16x16", "upsample_8x8"]
     for row in lut["segments"] + lut["heads"] + lut["upsamples"] + [lut["final"], lut["monolithic"]]:
         assert stat_keys <= set(row) and row["n"] >= 7

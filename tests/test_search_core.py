@@ -16,6 +16,7 @@ Image confidence at th_pix 0.5 | 0.75 (bins [0, .25, .5, .75, 1]):
 import numpy as np
 import pytest
 
+from mess_edge import metrics
 from mess_edge.errors import MessError
 from mess_edge.search import (Grid, Memo, Objective, cost_anytime, cost_budgeted, cost_final_only,
                               cost_input_dependent, cost_upsample, instance_dict, make_cost_table, miou_from_stats,
@@ -72,6 +73,7 @@ def test_miou_counts_match_plain_loop_and_nanmean():
             expected = np.nanmean(tp / union)
         assert miou_from_stats(stats) == pytest.approx(expected, abs=1e-12)
         assert miou_from_stats(stats.astype(np.float32)) == reference_miou(conf)
+        assert miou_from_stats(stats) == pytest.approx(metrics.miou(conf), abs=1e-12)
     assert np.isnan(miou_from_stats(np.zeros(6)))
     assert hand_memo().head_miou().tolist() == pytest.approx([M2, M3, M3, 1.0])
 
@@ -163,6 +165,13 @@ def test_input_dependent_policies_differ():
     assert (r.config.heads, r.config.th_img, r.config.th_pix, r.cost) == ((1,), (0.5,), None, 2.25)
 
 
+def test_space_too_large_is_refused():
+    with pytest.raises(MessError, match=r"got 28 input-dependent configurations with --max-exits 2; expected at most "
+                                        r"20; try --max-exits 1"):
+        search(hand_memo(), HAND_COSTS, "input-dependent", Objective(max_drop=0.0),
+               grid=Grid(th_img=(0.5, 1.0), th_pix=(0.5, 0.75), max_configs=20))
+
+
 def test_max_exits_limits_the_space():
     one = run("input-dependent", Objective(min_miou=0.7), max_exits=1, keep_points=True)
     assert one.points.n_exits.max() == 1 and one.max_exits == 1
@@ -179,10 +188,10 @@ def test_simulate_replays_the_instance():
                                ("anytime", Objective(min_miou=0.7)), ("final-only", Objective(max_drop=0))]:
         r = search(memo, HAND_COSTS, setting, objective, grid=GRID)
         inst = instance_dict(r, memo, HAND_COSTS)
-        sim = simulate(memo, inst, HAND_COSTS)
-        assert sim["miou"] == pytest.approx(r.miou)
-        assert sim["expected_cost"] == pytest.approx(r.cost)
-        assert [e["fraction"] for e in sim["exits"]] == pytest.approx(list(r.exit_fractions))
+        for sim in (simulate(memo, inst, HAND_COSTS), simulate(memo, inst)):  # costs given, or the instance's own
+            assert sim["miou"] == pytest.approx(r.miou * 100)
+            assert sim["expected_cost"] == pytest.approx(r.cost)
+            assert list(sim["exit_fractions"].values()) == pytest.approx(list(r.exit_fractions))
     assert inst["setting"] == "final-only" and inst["exits"] == [] and inst["calibration_miou"] == 100.0
     r = search(memo, HAND_COSTS, "input-dependent", Objective(min_miou=0.7), grid=GRID)
     inst = instance_dict(r, memo, HAND_COSTS)
@@ -191,6 +200,9 @@ def test_simulate_replays_the_instance():
         {"exit": 1, "arch": {"crm": 0, "blocks": 0, "rdi": 0, "head": 0}, "graph": "head_e1_c0b0r0h0", "th_img": 0.5}]
     assert (inst["th_pix"], inst["final"], inst["expected_cost"], inst["final_only_cost"]) == (0.5, True, 1.8125, 4.0)
     assert inst["calibration_miou"] == pytest.approx(77.5) and inst["objective"]["min_miou"] == pytest.approx(70.0)
+    sim = simulate(memo, inst)
+    assert sim["exit_histogram"] == {"head_e0_c1b1r0h0": 3, "head_e1_c0b0r0h0": 1, "final": 0}
+    assert (sim["miou"], sim["expected_cost"], sim["cost_unit"]) == (pytest.approx(77.5), 1.8125, "gmacs")
     inst["exits"][0]["arch"]["crm"] = 3
     with pytest.raises(MessError, match="got instance exit e0:c3b1r0h0 absent from the memo"):
         simulate(memo, inst)

@@ -153,7 +153,8 @@ def test_cli_end_to_end_latency_with_pareto_and_plot(files, tmp_path, capsys):
     assert inst["manifest_sha256"] == sha256_file(files["manifest"]) and inst["checkpoint_sha256"] == CKPT
     assert inst["expected_cost"] <= 5.5 < inst["final_only_cost"] and inst["objective"]["budget"] == 5.5
     sim = simulate(load_memo(files["memo"]), inst)
-    assert sim["miou"] * 100 == pytest.approx(inst["calibration_miou"])
+    assert sim["miou"] == pytest.approx(inst["calibration_miou"])
+    assert sim["expected_cost"] == pytest.approx(inst["expected_cost"]) and sim["cost_unit"] == "ms"
     assert "speedup" in text and "calibration mIoU" in text and "configurations" in text
     with open(pareto) as f:
         rows = list(csv.DictReader(f))

@@ -267,7 +267,7 @@ def test_int8_calibration_inputs_follow_the_chain(tmp_path):
         np.testing.assert_allclose(feeds["segment_1"][k]["feat_in"], f0, rtol=1e-6)
         np.testing.assert_allclose(feeds["head_e0_c1b1r0h0"][k]["feat"], f0, rtol=1e-6)
         np.testing.assert_allclose(feeds["final"][k]["feat"], f1, rtol=1e-6)
-        assert feeds["final"][k]["th_pix"].tolist() == [0.5]
+        assert list(feeds["final"][k]) == ["feat"]  # the final graph ends in labels: no threshold input
     assert feeds["upsample_8x8"] is None  # no weights: built at fp16/fp32, not calibrated
     assert [n for n, f in feeds.items() if f is None] == ["upsample_16x16", "upsample_8x8"]
 

@@ -54,6 +54,7 @@ def export_checkpoint(ckpt_path, out_dir, log=print):
     from mess_edge.train.checkpoint import build_model, load_checkpoint
     from mess_edge.train.data import class_names
 
+    _check_out_dir(out_dir)
     ckpt = load_checkpoint(ckpt_path)
     net = build_model(ckpt).eval()
     heads = net.heads()
@@ -83,12 +84,17 @@ def export_checkpoint(ckpt_path, out_dir, log=print):
     return manifest
 
 
+def _check_out_dir(out_dir):
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or (
+            os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, "manifest.json")))):
+        raise MessError("{} exists and is not an export folder (no manifest.json); choose another --out"
+                        .format(out_dir))
+
+
 def _replace_dir(tmp, out_dir):
     """Swap the finished folder in: the old one (if any) is removed only after the new one is complete."""
     if os.path.exists(out_dir):
-        if not os.path.isfile(os.path.join(out_dir, "manifest.json")) and os.listdir(out_dir):
-            raise MessError("{} exists and is not an export folder (no manifest.json); choose another --out"
-                            .format(out_dir))
+        _check_out_dir(out_dir)
         old = out_dir.rstrip("/") + ".old"
         shutil.rmtree(old, ignore_errors=True)
         os.replace(out_dir, old)
@@ -112,11 +118,9 @@ def _export_all(net, heads, hw, out, log, onnx):
     for k, arch in heads:
         specs.append(("head_e{}_{}".format(k, arch.name), "head", {"exit": k, "arch": arch.to_dict()},
                       graphs.GatedHead(net, k, arch), (feats[k], th), ["feat", "th_pix"], ["logits", "confidence"]))
-    specs.append(("final", "final", {}, graphs.FinalPath(net), (feats[n_early - 1], th), ["feat", "th_pix"],
-                  ["logits", "confidence"]))
+    specs.append(("final", "final", {}, graphs.FinalPath(net), (feats[n_early - 1],), ["feat"], ["labels"]))
     with torch.no_grad():
         native = {tuple(net.forward_exit(k, a, feats[k]).shape[-2:]) for k, a in heads}
-        native.add(tuple(net.forward_final_head(feats[-1]).shape[-2:]))
     for h, w in sorted(native):
         logits = torch.randn(1, net.num_classes, h, w, generator=gen)
         specs.append(("upsample_{}x{}".format(h, w), "upsample", {"logits_hw": [h, w]}, graphs.Upsample(hw),
@@ -161,6 +165,12 @@ def _export_all(net, heads, hw, out, log, onnx):
 def _chain_parity(net, heads, entries, out, n_images=2):
     """Run the exported chain with onnxruntime and compare it with the PyTorch model end to end."""
     sess = {e["name"]: _ort_session(os.path.join(out, e["file"])) for e in entries}
+    # The runtime's final graph ends in labels; its logits are checked through a verification-only export.
+    probe = os.path.join(out, ".final_logits.onnx")
+    _export(graphs.FinalPath(net, labels=False).eval(), (torch.zeros(entries[len(net.exit_points) - 1]["outputs"][0]
+                                                                     ["shape"]),), probe, ["feat"], ["logits"])
+    final_logits = _ort_session(probe)
+    os.remove(probe)
     gen = torch.Generator().manual_seed(1)
     th = np.array([TH_PIX_CHECK], np.float32)
     n_early = len(net.exit_points)
@@ -174,9 +184,9 @@ def _chain_parity(net, heads, entries, out, n_images=2):
         for k in range(n_early):
             x = sess["segment_{}".format(k)].run(None, {"image" if k == 0 else "feat_in": x})[0]
             feats.append(x)
-        logits = sess["final"].run(None, {"feat": feats[-1], "th_pix": th})[0]
+        logits = final_logits.run(None, {"feat": feats[-1]})[0]
         final_diff = max(final_diff, float(np.abs(logits - ref["final"].numpy()).max()))
-        up = sess["upsample_{}x{}".format(*logits.shape[-2:])].run(None, {"logits": logits})[0]
+        up = sess["final"].run(None, {"feat": feats[-1]})[0]
         agree.append(float((up == ref_labels).mean()))
         mono = sess["monolithic"].run(None, {"image": image.numpy()})[0]
         mono_agree.append(float((mono == ref_labels).mean()))

@@ -37,16 +37,25 @@ class GatedHead(nn.Module):
 
 
 class FinalPath(nn.Module):
-    """The last backbone segment and the final head: last exit point's feature, th_pix -> (logits, conf)."""
+    """The last backbone segment, the final head and the upsample in one graph: feature -> label map int32.
 
-    def __init__(self, net):
+    Nothing decides after the final exit, so it needs no confidence; and one graph instead of
+    final + upsample saves a session call and a layout round trip on the CPU (measured: the chained
+    final-only path went from 1.13-1.18x to 1.03-1.04x of the monolithic graph on cpu-mbv2).
+    ``labels=False`` gives the native logits instead, for the export self-check only.
+    """
+
+    def __init__(self, net, labels=True):
         super().__init__()
         self.net = net
-        self.gate = ConfidenceGate()
+        self.labels = labels
 
-    def forward(self, feat, th_pix):
+    def forward(self, feat):
         logits = self.net.forward_final_head(self.net.forward_segment(self.net.n_segments - 1, feat))
-        return logits, self.gate(logits, th_pix)
+        if not self.labels:
+            return logits
+        up = F.interpolate(logits, size=self.net.input_hw, mode="bilinear", align_corners=False)
+        return up.argmax(dim=1).to(torch.int32)
 
 
 class Upsample(nn.Module):

@@ -257,7 +257,9 @@ def _head_feeds(g, features):
     if features is None:
         return None
     import numpy as np
-    return [{"feat": f, "th_pix": np.array([0.5], np.float32)} for f in features]
+    names = [i["name"] for i in g["inputs"]]
+    # Heads take a pixel threshold; the final graph (which ends in labels) takes the feature alone.
+    return [{n: (f if n == "feat" else np.array([0.5], np.float32)) for n in names} for f in features]
 
 
 def _reference_runner():

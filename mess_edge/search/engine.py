@@ -19,6 +19,7 @@ import numpy as np
 from mess_edge.errors import MessError
 from mess_edge.search.space import Context, Grid, assign_images, families, resolve_max_exits
 
+
 @dataclass(frozen=True)
 class Objective:
     """Exactly one of: min_miou (eq. 5, fraction), max_drop (eq. 5, fraction below final-only), budget (eq. 6)."""

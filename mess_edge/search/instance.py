@@ -38,12 +38,17 @@ def instance_dict(result, memo, costs, memo_sha256=None, manifest_sha256=None, l
         exits.append({"exit": int(memo.head_exit[h]), "arch": arch_dict(memo.head_arch[h]), "graph": names[h],
                       "th_img": float(cfg.th_img[j]) if cfg.th_img else None})
     labels = [e["graph"] for e in exits] + (["final"] if cfg.final else [])
+    # The costs this instance was searched with, so simulate() can give its expected cost on another memo.
+    cost_table = {"segment": [float(v) for v in costs.segment], "final": float(costs.final),
+                  "exits": {names[h]: float(costs.head[h]) for h in cfg.heads},
+                  "upsample": dict([(names[h], float(costs.upsample[h])) for h in cfg.heads] +
+                                   [("final", float(costs.upsample[-1]))])}
     return {
         "format": INSTANCE_FORMAT,
         "setting": result.setting,
         "exits": exits,
         "final": bool(cfg.final),
-        "th_pix": cfg.th_pix,
+        "th_pix": None if cfg.th_pix is None else round(cfg.th_pix, 9),  # a memo bin edge: 0.7, not 0.70000000001
         "edge_enhancement": result.policy == "edge",
         "policy": result.policy,
         "cost_model": result.cost_model,
@@ -53,12 +58,13 @@ def instance_dict(result, memo, costs, memo_sha256=None, manifest_sha256=None, l
         "calibration_miou": _pct(result.miou),
         "final_only_miou": _pct(result.final_only_miou),
         "objective": objective_dict(result),
+        "cost_table": cost_table,
         "exit_fractions": dict(zip(labels, result.exit_fractions)),
         "exit_miou": dict(zip(labels, [_pct(m) for m in result.exit_miou])),
         "search": {"n_configs": result.n_configs, "n_evaluated": result.n_evaluated,
                    "seconds": round(result.seconds, 4), "max_exits": result.max_exits,
                    "anytime_accuracy": result.anytime_accuracy, "th_img_grid": list(result.th_img_grid),
-                   "th_pix_grid": list(result.th_pix_grid)},
+                   "th_pix_grid": [round(t, 9) for t in result.th_pix_grid]},
         "memo_sha256": memo_sha256,
         "manifest_sha256": manifest_sha256,
         "lut_sha256": lut_sha256,
@@ -85,6 +91,9 @@ def config_from_instance(memo, instance):
     setting = instance.get("setting")
     dynamic = setting == "input-dependent"
     th_img = tuple(float(e["th_img"]) for e in instance["exits"]) if dynamic else ()
+    if dynamic and policy != "mean" and instance.get("th_pix") is None:
+        raise MessError("got an input-dependent instance with policy {} and no th_pix; expected a pixel threshold; "
+                        "try searching again".format(policy))
     final = bool(instance.get("final", True))
     if not final and len(heads) != 1:
         raise MessError("got an instance without the final exit and {} early exits; expected exactly one "
@@ -92,16 +101,20 @@ def config_from_instance(memo, instance):
     return Config(tuple(heads), th_img, instance.get("th_pix") if dynamic else None, final), policy
 
 
-def config_cost(memo, costs, setting, config, taken):
-    """Expected cost per image of ``config`` (Table 1 + upsample), given the exit each image takes ([I])."""
-    seg, final = list(costs.segment), memo.n_heads
+def config_cost(memo, setting, config, taken, segment, final, head_cost, upsample):
+    """Expected cost per image of ``config`` (Table 1 + upsample), given the exit each image takes ([I]).
+
+    segment [N] and final: costs; head_cost, upsample: {memo head index: cost} for the selected heads
+    (upsample also for memo.n_heads, the final exit).
+    """
+    seg, fin = list(segment), memo.n_heads
     if setting == "anytime":
-        return cost_anytime(seg, costs.final, [costs.head[h] for h in config.heads]) + costs.upsample[final]
+        return cost_anytime(seg, final, [head_cost[h] for h in config.heads]) + upsample[fin]
     if not config.final:
         h = config.heads[0]
-        return cost_budgeted(seg, int(memo.head_exit[h]), costs.head[h]) + costs.upsample[h]
+        return cost_budgeted(seg, int(memo.head_exit[h]), head_cost[h]) + upsample[h]
     if not config.heads:
-        return cost_final_only(seg, costs.final) + costs.upsample[final]
+        return cost_final_only(seg, final) + upsample[fin]
     remaining, still = [], memo.n_images
     for h in config.heads:
         still -= int(np.sum(taken == h))
@@ -110,18 +123,33 @@ def config_cost(memo, costs, setting, config, taken):
     for p in remaining:
         fractions.append(p_prev - p)
         p_prev = p
-    ups = [costs.upsample[h] for h in config.heads] + [costs.upsample[final]]
-    exits = [(int(memo.head_exit[h]), costs.head[h]) for h in config.heads]
-    return cost_input_dependent(seg, costs.final, exits, remaining) + cost_upsample(fractions + [p_prev], ups)
+    ups = [upsample[h] for h in config.heads] + [upsample[fin]]
+    exits = [(int(memo.head_exit[h]), head_cost[h]) for h in config.heads]
+    return cost_input_dependent(seg, final, exits, remaining) + cost_upsample(fractions + [p_prev], ups)
+
+
+def _cost_inputs(memo, instance, config, costs):
+    """(segment, final, head_cost, upsample) from ``costs`` or the instance's own cost_table; None if neither."""
+    if costs is not None:
+        return (costs.segment, costs.final, {h: costs.head[h] for h in config.heads},
+                dict([(h, costs.upsample[h]) for h in config.heads] + [(memo.n_heads, costs.upsample[-1])]))
+    table = instance.get("cost_table")
+    if not table:
+        return None
+    graphs = [e["graph"] for e in instance["exits"]]
+    return (table["segment"], table["final"], {h: table["exits"][g] for h, g in zip(config.heads, graphs)},
+            dict([(h, table["upsample"][g]) for h, g in zip(config.heads, graphs)] +
+                 [(memo.n_heads, table["upsample"]["final"])]))
 
 
 def simulate(memo, instance, costs=None):
-    """Replay ``instance`` (a dict as in instance.json) on ``memo``.
+    """Replay ``instance`` (a dict as in instance.json) on ``memo``; a report in instance.json's units.
 
-    Returns {"miou": fraction (anytime: the final's, or the worst exit's if the instance was searched so),
-    "exits": [{"exit", "label", "count", "fraction", "miou"}] per selected exit then "final" (count = images
-    taking it; miou = that exit's own mIoU on all images), "n_images", "expected_cost" (None without ``costs``),
-    "cost_unit"}.
+    Returns {"miou": percent (anytime: the final's, or the worst exit's if the instance was searched so),
+    "exit_histogram": {graph or "final": images taking it}, "exit_fractions": {same keys: fraction},
+    "exit_miou": {same keys: that exit's own mIoU on all images, percent}, "n_images",
+    "expected_cost": from ``costs`` (a CostTable for this memo's heads) or else the instance's cost_table
+    (None if neither), "cost_unit"}.
     """
     config, policy = config_from_instance(memo, instance)
     taken = assign_images(memo, config, policy)
@@ -131,12 +159,12 @@ def simulate(memo, instance, costs=None):
     if instance["setting"] == "anytime" and instance.get("search", {}).get("anytime_accuracy") == "min":
         miou = float(min(head_miou[h] for h in list(config.heads) + [memo.n_heads]))
     exits = list(config.heads) + ([memo.n_heads] if config.final else [])
-    rows = []
-    for h in exits:
-        count = int(np.sum(taken == h))
-        rows.append({"exit": "final" if h == memo.n_heads else int(memo.head_exit[h]),
-                     "label": memo.head_label(h),
-                     "count": count, "fraction": count / memo.n_images, "miou": float(head_miou[h])})
-    cost = None if costs is None else float(config_cost(memo, costs, instance["setting"], config, taken))
-    return {"miou": miou, "exits": rows, "n_images": memo.n_images, "expected_cost": cost,
-            "cost_unit": None if costs is None else costs.unit}
+    labels = [e["graph"] for e in instance["exits"]] + (["final"] if config.final else [])
+    counts = [int(np.sum(taken == h)) for h in exits]
+    pieces = _cost_inputs(memo, instance, config, costs)
+    cost = None if pieces is None else float(config_cost(memo, instance["setting"], config, taken, *pieces))
+    return {"miou": miou * 100.0, "exit_histogram": dict(zip(labels, counts)),
+            "exit_fractions": dict(zip(labels, [c / memo.n_images for c in counts])),
+            "exit_miou": dict(zip(labels, [float(head_miou[h]) * 100.0 for h in exits])),
+            "n_images": memo.n_images, "expected_cost": cost,
+            "cost_unit": costs.unit if costs is not None else instance.get("cost_unit")}

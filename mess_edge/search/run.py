@@ -75,15 +75,17 @@ def plot_pareto(path, result, max_points=200000):
     if len(keep) > max_points:  # a fixed-seed sample keeps the plot readable; the front is drawn in full
         keep = np.sort(np.random.default_rng(0).choice(keep, max_points, replace=False))
     fig, ax = plt.subplots(figsize=(7, 5))
-    sc = ax.scatter(pts.costs[keep], pts.mious[keep] * 100, c=pts.n_exits[keep], s=4, cmap="viridis",
-                    alpha=0.5, rasterized=True)
-    fig.colorbar(sc, ax=ax, label="early exits")
+    for k in np.unique(pts.n_exits[keep])[::-1]:  # the rarer few-exit points drawn on top
+        sel = keep[pts.n_exits[keep] == k]
+        ax.scatter(pts.costs[sel], pts.mious[sel] * 100, s=4, alpha=0.4, rasterized=True,
+                   label="{} early exit{}".format(k, "" if k == 1 else "s"))
     front = np.flatnonzero(pts.pareto)
     front = front[np.argsort(pts.costs[front])]
-    ax.step(pts.costs[front], pts.mious[front] * 100, where="post", color="tab:red", label="Pareto front")
-    ax.scatter([result.final_only_cost], [result.final_only_miou * 100], marker="x", s=80, color="black",
+    ax.step(pts.costs[front], pts.mious[front] * 100, where="post", color="black", lw=1, label="Pareto front")
+    ax.scatter([result.final_only_cost], [result.final_only_miou * 100], marker="x", s=60, color="black",
                label="final-only")
-    ax.scatter([result.cost], [result.miou * 100], marker="*", s=160, color="tab:orange", label="chosen")
+    ax.scatter([result.cost], [result.miou * 100], marker="*", s=140, color="red", edgecolors="black",
+               label="chosen")
     ax.set_xlabel("expected cost per image ({})".format(result.cost_unit))
     ax.set_ylabel("calibration mIoU (%)")
     ax.set_title("{} search: {:,} configurations".format(result.setting, len(pts.costs)))

@@ -26,10 +26,15 @@ ANYTIME_ACCURACY = ("final", "min")  # the final exit's mIoU (default), or the w
 DEFAULT_MAX_EXITS_INPUT_DEPENDENT = 2  # 3 exits of 16 heads x 11 thresholds would be ~2e8 configurations per point set
 
 
-
 @dataclass(frozen=True)
 class Grid:
-    """The gridded thresholds of the input-dependent exit policy and the guard on the space size."""
+    """The gridded thresholds of the input-dependent exit policy and the guard on the space size.
+
+    Each selected exit has its own th_img from ``th_img``; one th_pix (snapped to the memo's histogram bin
+    edges) is shared by all exits: the memo only holds histograms, so th_pix must be a bin edge anyway, and a
+    per-exit th_pix would multiply the space by 10 per exit for little gain. The search is optimal within
+    this grid, not between its points.
+    """
 
     th_img: tuple = tuple(round(0.5 + 0.05 * k, 2) for k in range(11))  # image thresholds 0.50..1.00, per exit
     th_pix: tuple = tuple(round(0.5 + 0.05 * k, 2) for k in range(10))  # pixel thresholds 0.50..0.95, shared by exits
@@ -207,13 +212,19 @@ def resolve_max_exits(ctx, setting, max_exits):
 
 
 def families(ctx, setting, max_exits):
-    """The families of ``setting``'s space in canonical order; refuses spaces over ctx.grid.max_configs."""
+    """The families of ``setting``'s space in canonical order; refuses spaces over ctx.grid.max_configs.
+
+    final-only: the final exit. budgeted: the final exit, or one trained head without the final. anytime: 1 to
+    max_exits heads (at most one per exit point) plus the final (without an early exit it would be final-only).
+    input-dependent: 0 to max_exits heads, each with a th_img, plus the final and one th_pix; the empty set is
+    the final-only network, so the search never returns worse than final-only.
+    """
     if setting not in SETTINGS:
         raise MessError("got setting {!r}; expected one of {}".format(setting, ", ".join(SETTINGS)))
     if setting == "final-only":
         return [FinalOnly(ctx)]
     if setting == "budgeted":
-        return [FinalOnly(ctx), Budgeted(ctx)]
+        return [FinalOnly(ctx)] + ([Budgeted(ctx)] if ctx.final else [])
     if not ctx.points:
         raise MessError("got a memo without early-exit heads; expected at least one for the {} setting; "
                         "try --setting final-only".format(setting))
@@ -223,8 +234,8 @@ def families(ctx, setting, max_exits):
     n_pix = 1 if setting == "anytime" else len(ctx.bins)
     total = sum(int(np.prod([len(ctx.heads_at[p]) * per_option for p in c])) * n_pix for c in combos)
     if total > ctx.grid.max_configs:
-        raise MessError("got {:,} {} configurations with --max-exits {}; expected at most {:,}; try a smaller "
-                        "--max-exits or coarser threshold grids".format(total, setting, max_exits, ctx.grid.max_configs))
+        raise MessError("got {:,} {} configurations with --max-exits {}; expected at most {:,}; try --max-exits {}"
+                        .format(total, setting, max_exits, ctx.grid.max_configs, max(1, max_exits - 1)))
     if setting == "anytime":
         return [Anytime(ctx, c) for c in combos]
     from mess_edge.search.dynamic import InputDependent

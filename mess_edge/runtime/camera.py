@@ -1,0 +1,362 @@
+"""Frames in and out for ``mess-edge run``: sources, the capture thread, preprocessing, overlay, sinks, statistics.
+
+A source is a camera index, a video file, an image folder or glob, an RTSP/HTTP URL or a GStreamer pipeline
+(OpenCV). The capture thread reads it into a bounded queue: live sources (cameras, streams, ``realtime`` files)
+let the newest frame win and count the frames they drop; files without ``realtime`` hand over every frame, so
+a run is reproducible. A live source that stops delivering gets a few reconnect attempts with backoff.
+Unreadable frames (None, not HxWx3 uint8, an image file that does not decode) are skipped and counted. cv2 is
+imported inside the functions that need it.
+"""
+
+import glob
+import math
+import os
+import queue
+import threading
+import time
+
+import numpy as np
+
+from mess_edge.errors import MessError
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm")
+END = None  # queue sentinel: the source is finished
+
+
+def valid_frame(frame):
+    """True for an HxWx3 uint8 image (what cv2 hands over for a good frame)."""
+    return (isinstance(frame, np.ndarray) and frame.ndim == 3 and frame.shape[2] == 3 and frame.dtype == np.uint8
+            and frame.shape[0] > 0 and frame.shape[1] > 0)
+
+
+class Source(object):
+    """One OpenCV source. ``read()`` -> ("ok", frame) | ("corrupt", None) | ("end", None) | ("lost", None)."""
+
+    def __init__(self, spec, camera=False, timeout_s=5.0, loop=False):
+        self.spec, self.timeout_s, self.loop = spec, float(timeout_s), loop
+        self.cap, self.paths, self.next, self.fps = None, None, 0, None
+        spec = str(spec)
+        if camera:
+            self.kind = "camera"
+        elif "://" in spec:
+            self.kind = "stream"
+        elif " ! " in spec:
+            self.kind = "gstreamer"
+        elif os.path.isdir(spec):
+            self.kind, self.paths = "images", sorted(os.path.join(spec, n) for n in os.listdir(spec)
+                                                     if os.path.splitext(n)[1].lower() in IMAGE_EXTS)
+        elif any(c in spec for c in "*?["):
+            self.kind, self.paths = "images", sorted(p for p in glob.glob(spec) if os.path.isfile(p))
+        elif os.path.isfile(spec):
+            image = os.path.splitext(spec)[1].lower() in IMAGE_EXTS
+            self.kind, self.paths = ("images", [spec]) if image else ("video", None)
+        else:
+            raise MessError("got --source {}; no such file or folder; expected a video file, an image folder or "
+                            "glob, or a rtsp:// / http:// URL; try --camera 0 for a camera".format(spec))
+        if self.kind == "images" and not self.paths:
+            raise MessError("got --source {} with no images ({}); expected image files; try a folder of .jpg/"
+                            ".png files".format(spec, "/".join(IMAGE_EXTS)))
+        self.live = self.kind in ("camera", "stream", "gstreamer")
+
+    def open(self):
+        """Open the source or raise MessError saying what was tried."""
+        if self.kind == "images":
+            return self
+        if not self._open():
+            if self.kind == "camera":
+                raise MessError("cannot open camera {}; expected a connected camera (/dev/video{}); try another "
+                                "--camera index (ls /dev/video*), or --source FILE".format(self.spec, self.spec))
+            if self.kind == "video":
+                raise MessError("cannot read video {}; expected a file OpenCV can decode (mp4, avi, mkv); try "
+                                "converting it with ffmpeg -i IN -c:v libx264 OUT.mp4".format(self.spec))
+            raise MessError("cannot open stream {} within {:g} s; expected a reachable {} source; check the "
+                            "address, the network and that the stream is up".format(
+                                self.spec, self.timeout_s, self.kind))
+        import cv2
+
+        fps = self.cap.get(cv2.CAP_PROP_FPS)
+        self.fps = float(fps) if fps and 0 < fps < 1000 else None
+        return self
+
+    def _open(self):
+        import cv2
+
+        self.close()
+        if self.kind == "camera":
+            self.cap = cv2.VideoCapture(int(self.spec))
+        elif self.kind == "gstreamer":
+            self.cap = cv2.VideoCapture(self.spec, cv2.CAP_GSTREAMER)
+        elif self.kind == "stream":
+            ms = int(self.timeout_s * 1000)
+            try:  # open/read timeouts (OpenCV >= 4.5.2); without them an unreachable host blocks ~30 s
+                self.cap = cv2.VideoCapture(self.spec, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms,
+                                                                        cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+            except (TypeError, AttributeError, cv2.error):
+                self.cap = cv2.VideoCapture(self.spec)
+        else:
+            self.cap = cv2.VideoCapture(self.spec)
+        return self.cap.isOpened()
+
+    def reopen(self):
+        """Try once to reopen a live source; True when it delivers again."""
+        try:
+            return self._open()
+        except Exception:  # cv2 raises on some backends instead of returning closed
+            return False
+
+    def read(self):
+        if self.kind == "images":
+            if self.next >= len(self.paths):
+                if not self.loop:
+                    return "end", None
+                self.next = 0
+            import cv2
+            frame = cv2.imread(self.paths[self.next], cv2.IMREAD_COLOR)
+            self.next += 1
+            return ("ok", frame) if valid_frame(frame) else ("corrupt", None)
+        ok, frame = self.cap.read()
+        if not ok and self.loop and not self.live and self._open():  # rewind by reopening: seeking is codec-bound
+            ok, frame = self.cap.read()
+        if not ok:
+            return ("lost" if self.live else "end"), None
+        return ("ok", frame) if valid_frame(frame) else ("corrupt", None)
+
+    def close(self):
+        if self.cap is not None:
+            self.cap.release()
+            self.cap = None
+
+
+class Capture(threading.Thread):
+    """Reads a Source into a bounded queue on its own thread.
+
+    ``newest_wins``: a full queue drops its oldest frame (counted in ``dropped``) rather than waiting.
+    ``pace_fps``: read no faster than this (a file played in real time). ``max_frames``: stop after reading
+    that many. ``reconnect_delays_s``: the waits before each reconnect attempt of a lost live source.
+    Items are (frame index, BGR frame, perf_counter time of capture); END closes the queue.
+    Counters (read them after ``stop``): frames_in, dropped, corrupt, reconnects, unprocessed (queued when
+    the consumer stopped); ``end_reason``; ``error`` (an exception the thread died of, for the consumer).
+    """
+
+    def __init__(self, source, queue_size=2, newest_wins=True, pace_fps=None, max_frames=None,
+                 reconnect_delays_s=(0.5, 1.0, 2.0)):
+        super(Capture, self).__init__(name="mess-edge-capture", daemon=True)
+        self.source, self.newest_wins, self.pace_fps, self.max_frames = source, newest_wins, pace_fps, max_frames
+        self.reconnect_delays_s = tuple(reconnect_delays_s)
+        self.queue = queue.Queue(maxsize=max(1, int(queue_size)))
+        self.stop_event = threading.Event()
+        self.frames_in = self.dropped = self.corrupt = self.reconnects = self.unprocessed = 0
+        self.end_reason, self.error = None, None
+
+    def run(self):
+        try:
+            self.end_reason = self._loop()
+        except BaseException as e:  # surfaced by the main loop; the thread must still close the queue
+            self.error, self.end_reason = e, "capture error"
+        finally:
+            self._put(END)
+
+    def _loop(self):
+        t_start = time.perf_counter()
+        while not self.stop_event.is_set():
+            if self.max_frames is not None and self.frames_in >= self.max_frames:
+                return "max frames"
+            status, frame = self.source.read()
+            now = time.perf_counter()
+            if status == "lost":
+                if not self._reconnect():
+                    return "stream lost after {} reconnect attempts".format(len(self.reconnect_delays_s))
+                continue
+            if status == "end":
+                return "end of source"
+            self.frames_in += 1
+            if status == "corrupt":
+                self.corrupt += 1
+                continue
+            if self.pace_fps:
+                wait = t_start + self.frames_in / self.pace_fps - time.perf_counter()
+                if wait > 0:
+                    self.stop_event.wait(wait)
+                now = time.perf_counter()
+            self._put((self.frames_in - 1, frame, now))
+        return "stopped"
+
+    def _reconnect(self):
+        for delay in self.reconnect_delays_s:
+            if self.stop_event.wait(delay):
+                return False
+            self.reconnects += 1
+            if self.source.reopen():
+                return True
+        return False
+
+    def _put(self, item):
+        """A frame of a newest-wins capture never waits: a full queue loses its oldest frame. Anything else
+        waits for room, until the consumer stops."""
+        while True:
+            try:
+                if self.newest_wins and item is not END:
+                    self.queue.put_nowait(item)
+                else:
+                    self.queue.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                if self.stop_event.is_set():
+                    self.dropped += item is not END
+                    return
+                if self.newest_wins and item is not END:
+                    try:
+                        self.queue.get_nowait()  # END is put last, so this is a frame
+                        self.dropped += 1
+                    except queue.Empty:
+                        pass
+
+    def stop(self):
+        """Stop reading, wait for the thread; frames still queued are counted in ``unprocessed``."""
+        self.stop_event.set()
+        while self.is_alive():
+            self._drain()
+            self.join(0.05)
+        self._drain()
+        self.source.close()
+
+    def _drain(self):
+        while True:
+            try:
+                if self.queue.get_nowait() is not END:
+                    self.unprocessed += 1  # a counter of its own: ``dropped`` belongs to the capture thread
+            except queue.Empty:
+                return
+
+
+class Preprocessor(object):
+    """BGR uint8 [h, w, 3] -> float32 [1, 3, H, W] (resize, BGR->RGB, (x / scale - mean) / std), into buffers
+    allocated once: the returned array is overwritten by the next call."""
+
+    def __init__(self, input_hw, normalization):
+        self.hw = tuple(int(v) for v in input_hw)
+        h, w = self.hw
+        scale = float(normalization.get("scale", 255.0))
+        mean = np.asarray(normalization["mean"], np.float32)
+        std = np.asarray(normalization["std"], np.float32)
+        self.rgb = str(normalization.get("order", "RGB")).upper() == "RGB"
+        # (x / scale - mean) / std == x * a - b: one multiply and one subtract per pixel
+        self.a, self.b = (1.0 / (scale * std)).astype(np.float32), (mean / std).astype(np.float32)
+        self.resized = np.empty((h, w, 3), np.uint8)
+        self.ordered = np.empty((h, w, 3), np.uint8)
+        self.work = np.empty((h, w, 3), np.float32)
+        self.out = np.empty((1, 3, h, w), np.float32)
+
+    def __call__(self, frame):
+        import cv2
+
+        h, w = self.hw
+        src = frame
+        if frame.shape[:2] != (h, w):
+            src = cv2.resize(frame, (w, h), dst=self.resized, interpolation=cv2.INTER_LINEAR)
+        if self.rgb:
+            src = cv2.cvtColor(src, cv2.COLOR_BGR2RGB, dst=self.ordered)
+        np.multiply(src, self.a, out=self.work)
+        np.subtract(self.work, self.b, out=self.work)
+        np.copyto(self.out[0], self.work.transpose(2, 0, 1))
+        return self.out
+
+
+def preprocess_reference(frame, input_hw, normalization):
+    """The plain preprocessing Preprocessor must match: resize, to RGB, mess_edge.data.voc.normalize."""
+    import cv2
+
+    from mess_edge.data.voc import normalize
+
+    h, w = input_hw
+    x = cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR) if frame.shape[:2] != (h, w) else frame
+    if str(normalization.get("order", "RGB")).upper() == "RGB":
+        x = cv2.cvtColor(x, cv2.COLOR_BGR2RGB)
+    scale = float(normalization.get("scale", 255.0))
+    if scale == 255.0:
+        return normalize(x, normalization["mean"], normalization["std"])[None]
+    y = (x / scale - np.asarray(normalization["mean"])) / np.asarray(normalization["std"])
+    return np.ascontiguousarray(y.transpose(2, 0, 1)[None], dtype=np.float32)
+
+
+def bgr_palette():
+    """uint8 [256, 3]: the VOC colour map in OpenCV's BGR order."""
+    from mess_edge.data.digitscenes import voc_palette
+
+    return np.asarray(voc_palette(), np.uint8).reshape(256, 3)[:, ::-1].copy()
+
+
+class Overlay(object):
+    """The frame with the class colours blended in (alpha 0.5, background left as is) and text lines.
+
+    Frames narrower than ``min_width`` px are enlarged by an integer factor (nearest) first so the text stays
+    readable. Buffers are reused while the frame size stays the same."""
+
+    def __init__(self, alpha=0.5, min_width=320):
+        self.alpha, self.min_width, self.palette = float(alpha), int(min_width), bgr_palette()
+        self._size = None
+
+    def __call__(self, frame, labels, lines=()):
+        import cv2
+
+        k = max(1, int(math.ceil(self.min_width / float(frame.shape[1]))))
+        h, w = frame.shape[0] * k, frame.shape[1] * k
+        if self._size != (h, w):
+            self._size = (h, w)
+            self.base, self.out = np.empty((h, w, 3), np.uint8), np.empty((h, w, 3), np.uint8)
+            self.labels, self.colour = np.empty((h, w), np.uint8), np.empty((h, w, 3), np.uint8)
+        base = cv2.resize(frame, (w, h), dst=self.base, interpolation=cv2.INTER_NEAREST) if k > 1 else frame
+        small = np.asarray(labels).astype(np.uint8, copy=False)
+        lab = cv2.resize(small, (w, h), dst=self.labels, interpolation=cv2.INTER_NEAREST)
+        colour = np.take(self.palette, lab, axis=0, out=self.colour)
+        cv2.addWeighted(base, 1.0 - self.alpha, colour, self.alpha, 0.0, dst=self.out)
+        np.copyto(self.out, base, where=(lab == 0)[:, :, None])  # background keeps the scene visible
+        scale = max(0.35, w / 900.0)
+        step = int(22 * scale / 0.6)
+        for i, line in enumerate(lines):
+            y = step * (i + 1)
+            cv2.putText(self.out, line, (5, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+            cv2.putText(self.out, line, (5, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+        return self.out
+
+
+class FrameSink(object):
+    """Writes overlaid frames: an .mp4/.avi/.mkv/.mov path (cv2.VideoWriter, 'mp4v'; MJPG for .avi) or a
+    folder of PNG frames (000000.png, ...). The video is written beside its path and moved there by
+    ``close()``, which the run calls in ``finally``: an interrupted run still leaves a playable file."""
+
+    def __init__(self, path, fps=30.0):
+        self.path, self.fps, self.written, self.writer, self.size = path, float(fps or 30.0), 0, None, None
+        self.video = os.path.splitext(path)[1].lower() in VIDEO_EXTS
+        if self.video:
+            folder = os.path.dirname(os.path.abspath(path))
+            os.makedirs(folder, exist_ok=True)
+            stem, ext = os.path.splitext(os.path.basename(path))
+            self.tmp = os.path.join(folder, ".{}.partial{}".format(stem, ext))
+        else:
+            os.makedirs(path, exist_ok=True)
+
+    def write(self, image):
+        import cv2
+
+        if self.video:
+            if self.writer is None:
+                self.size = (image.shape[1], image.shape[0])
+                fourcc = cv2.VideoWriter_fourcc(*("MJPG" if self.path.lower().endswith(".avi") else "mp4v"))
+                self.writer = cv2.VideoWriter(self.tmp, fourcc, self.fps, self.size)
+                if not self.writer.isOpened():
+                    raise MessError("cannot open a video writer for {}; expected OpenCV with mp4v; try --output "
+                                    "a folder (PNG frames) or a .avi path".format(self.path))
+            if (image.shape[1], image.shape[0]) != self.size:  # sources whose frame size changes mid-run
+                image = cv2.resize(image, self.size, interpolation=cv2.INTER_LINEAR)
+            self.writer.write(image)
+        elif not cv2.imwrite(os.path.join(self.path, "{:06d}.png".format(self.written)), image):
+            raise MessError("cannot write PNG frames to {}; expected a writable folder".format(self.path))
+        self.written += 1
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.release()
+            self.writer = None
+            os.replace(self.tmp, self.path)

@@ -1,0 +1,323 @@
+"""``mess-edge run``: an instance on a camera, a file or a stream; overlay out; statistics at the end.
+
+The loop (``run_stream``) fits on one screen: take the newest frame from the capture thread, preprocess into
+buffers allocated once, run the chain, overlay, write / show, record. Ctrl-C stops it cleanly: the video is
+closed (playable) and the statistics written. Only click is imported at the top: no torch on this path.
+"""
+
+import collections
+import dataclasses
+import math
+import os
+import queue
+import signal
+import threading
+import time
+from typing import Optional, Tuple
+
+import click
+
+from mess_edge.errors import MessError
+
+STATS_FORMAT = "mess-edge-run-stats/1"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    instance: str                          # instance.json path
+    engines: str                           # engine folder (mess-edge build)
+    camera: Optional[int] = None           # camera index, or ...
+    source: Optional[str] = None           # ... video file, image folder / glob, rtsp:// http:// URL, GStreamer pipeline
+    output: Optional[str] = None           # .mp4 / .avi path, or a folder for PNG frames
+    display: bool = True                   # show a window (only where DISPLAY is set)
+    stats: Optional[str] = None            # statistics JSON path
+    max_frames: Optional[int] = None       # stop after this many processed frames
+    deadline_ms: Optional[float] = None    # anytime instances: time to the newest output
+    realtime: bool = False                 # files: pace at the file's fps, newest frame wins (drops), like a camera
+    loop: bool = False                     # files: start again at the end
+    queue_size: int = 2                    # capture queue (1-2: the frame processed is at most this old)
+    timeout_s: float = 5.0                 # streams: open / read timeout
+    reconnect_delays_s: Tuple[float, ...] = (0.5, 1.0, 2.0)  # live sources: waits before each reconnect attempt
+    final_only_frames: int = 20            # first frames also run final-only (speedup); 0: off
+    status_every_s: float = 2.0            # seconds between status lines
+
+
+class LatencyHistogram(object):
+    """A latency distribution in bounded memory (a camera may run for days): log-spaced bins from 1 us to
+    100 s, each 0.5 % wide, plus exact n, mean, min and max. ``percentile(q)`` is the bin midpoint of the
+    sample numpy's "inverted_cdf" percentile picks, clipped to [min, max]: within 0.5 % of it."""
+
+    LO_MS, HI_MS, RATIO = 1e-3, 1e5, 1.005
+
+    def __init__(self):
+        import numpy as np
+
+        self._log_ratio = math.log(self.RATIO)
+        self.counts = np.zeros(int(math.ceil(math.log(self.HI_MS / self.LO_MS) / self._log_ratio)) + 1, np.int64)
+        self.n, self.total, self.min, self.max = 0, 0.0, float("inf"), 0.0
+
+    def add(self, ms):
+        ms = float(ms)
+        i = int(math.log(max(ms, self.LO_MS) / self.LO_MS) / self._log_ratio)
+        self.counts[min(i, len(self.counts) - 1)] += 1
+        self.n, self.total = self.n + 1, self.total + ms
+        self.min, self.max = min(self.min, ms), max(self.max, ms)
+
+    def percentile(self, q):
+        import numpy as np
+
+        rank = max(1, int(math.ceil(q / 100.0 * self.n)))
+        i = int(np.searchsorted(np.cumsum(self.counts), rank))
+        mid = self.LO_MS * self.RATIO ** (i + 0.5)
+        return min(max(mid, self.min), self.max)
+
+    def summary(self):
+        if not self.n:
+            return None
+        return {"p50": self.percentile(50), "p90": self.percentile(90), "p99": self.percentile(99),
+                "mean": self.total / self.n, "min": self.min, "max": self.max, "n": self.n}
+
+
+class RunStats(object):
+    """Per-stage latency histograms, the exit histogram and the final-only comparison of one run."""
+
+    def __init__(self):
+        self.latency = collections.OrderedDict()
+        self.exits = collections.Counter()
+        self.frames, self.final_only_ms, self.paired_ms = 0, [], []
+
+    def add(self, stage, ms):
+        if stage not in self.latency:
+            self.latency[stage] = LatencyHistogram()
+        self.latency[stage].add(ms)
+
+    def frame(self, result, stage_ms):
+        self.frames += 1
+        self.exits[result.graph] += 1
+        for name, ms in result.times_ms.items():
+            self.add("inference" if name == "total" else name, ms)
+        for name, ms in stage_ms.items():
+            self.add(name, ms)
+
+    def summary(self, capture, wall_s, written):
+        lat = collections.OrderedDict((k, h.summary()) for k, h in self.latency.items())
+        mean_inf = lat["inference"]["mean"] if "inference" in lat else None
+        fo = sum(self.final_only_ms) / len(self.final_only_ms) if self.final_only_ms else None
+        paired = sum(self.paired_ms) / len(self.paired_ms) if self.paired_ms else None
+        return {"format": STATS_FORMAT, "frames_in": capture.frames_in, "frames": self.frames,
+                "frames_written": written, "dropped": capture.dropped + capture.unprocessed,
+                "dropped_by_capture": capture.dropped, "unprocessed_at_stop": capture.unprocessed,
+                "corrupt": capture.corrupt, "reconnects": capture.reconnects, "end_reason": capture.end_reason,
+                "exit_histogram": dict(self.exits),
+                "exit_fractions": {k: v / float(self.frames) for k, v in self.exits.items()},
+                "latency_ms": lat, "mean_inference_ms": mean_inf, "wall_s": wall_s,
+                "fps": self.frames / wall_s if wall_s > 0 else None,
+                "inference_fps": 1e3 / mean_inf if mean_inf else None,
+                "final_only": {"frames": len(self.final_only_ms), "mean_ms": fo, "instance_mean_ms": paired},
+                "speedup_vs_final_only": fo / mean_inf if fo and mean_inf else None,
+                "speedup_vs_final_only_paired": fo / paired if fo and paired else None}
+
+
+def format_stats(s):
+    """The statistics as a few printable lines."""
+    lines = ["frames {frames} processed of {frames_in} read ({dropped} dropped, {corrupt} corrupt, {reconnects} "
+             "reconnects); end: {end_reason}".format(**s),
+             "exits: " + ", ".join("{} {}".format(k, v) for k, v in sorted(s["exit_histogram"].items()))]
+    for name, row in s["latency_ms"].items():
+        if row:
+            lines.append("  {:<24} p50 {:8.3f}  p90 {:8.3f}  p99 {:8.3f}  mean {:8.3f} ms  n {}".format(
+                name, row["p50"], row["p90"], row["p99"], row["mean"], row["n"]))
+    if s["fps"] is not None and s["inference_fps"] is not None:
+        lines.append("loop {:.1f} fps vs 1 / mean inference latency {:.1f} fps ({:.3f} ms)".format(
+            s["fps"], s["inference_fps"], s["mean_inference_ms"]))
+    if s["speedup_vs_final_only"]:
+        lines.append("final-only {:.3f} ms on {} frames: speedup {:.2f}x (paired on those frames {:.2f}x)".format(
+            s["final_only"]["mean_ms"], s["final_only"]["frames"], s["speedup_vs_final_only"],
+            s["speedup_vs_final_only_paired"]))
+    return "\n".join(lines)
+
+
+def _check(cfg):
+    if (cfg.camera is None) == (cfg.source is None):
+        raise MessError("got {}; expected exactly one of --camera N or --source PATH_OR_URL; try --camera 0".format(
+            "both --camera and --source" if cfg.camera is not None else "neither --camera nor --source"))
+    if cfg.max_frames is not None and cfg.max_frames < 1:
+        raise MessError("got --max-frames {}; expected >= 1".format(cfg.max_frames))
+    if cfg.deadline_ms is not None and cfg.deadline_ms < 0:
+        raise MessError("got --deadline-ms {}; expected >= 0".format(cfg.deadline_ms))
+    if not 1 <= cfg.queue_size <= 2:
+        raise MessError("got a capture queue of {}; expected 1 or 2 frames".format(cfg.queue_size))
+
+
+def _sigint_stops(stop):
+    """Ctrl-C sets ``stop`` (a second one raises as usual); returns the previous handler, or None off the
+    main thread, where Python allows no handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+    return signal.signal(signal.SIGINT, handler)
+
+
+_SHORT = {"segment": "seg", "upsample": "up"}
+
+
+def _lines(result, roles, fps):
+    by_role = collections.OrderedDict()
+    for name, ms in result.times_ms.items():
+        role = roles.get(name)
+        if role:
+            by_role[role] = by_role.get(role, 0.0) + ms
+    exit_name = "final" if result.exit == "final" else "E{} {}".format(result.exit + 1, result.graph)
+    return ["exit {}  conf {:.2f}".format(exit_name, result.confidence),
+            "  ".join("{} {:.1f}".format(_SHORT.get(r, r), ms) for r, ms in by_role.items()) + " ms",
+            "infer {:.1f} ms  {:.1f} fps".format(result.times_ms["total"], fps)]
+
+
+def run_stream(cfg, log=None, on_frame=None):
+    """Run ``cfg.instance`` on the frames of ``cfg.camera`` / ``cfg.source``; return the statistics dict
+    (also written to ``cfg.stats``). ``on_frame(index, result, end_to_end_ms)`` is called after each frame.
+    ORT threading is the process's: the command calls configure_ort_threads first."""
+    from mess_edge.runtime.build import load_engines
+    from mess_edge.runtime.camera import Source
+    from mess_edge.runtime.chain import Chain, load_instance
+
+    _check(cfg)
+    log = log or (lambda line: None)
+    engines = load_engines(cfg.engines)
+    chain = Chain(engines, load_instance(cfg.instance), cfg.deadline_ms)  # checks the instance before the camera
+    if cfg.deadline_ms is not None and chain.plan.setting != "anytime":
+        raise MessError("got --deadline-ms with a {} instance; expected an anytime instance; try mess-edge search "
+                        "--setting anytime".format(chain.plan.setting))
+    live = cfg.camera is not None
+    source = Source(cfg.camera if live else cfg.source, camera=live, timeout_s=cfg.timeout_s, loop=cfg.loop)
+    with chain:
+        try:
+            source.open()
+            return _loop(cfg, chain, source, engines, log, on_frame)
+        finally:
+            source.close()
+
+
+def _loop(cfg, chain, source, engines, log, on_frame):
+    import numpy as np
+
+    from mess_edge.artifacts import write_json_atomic
+    from mess_edge.runtime.camera import END, Capture, FrameSink, Overlay, Preprocessor
+
+    pre = Preprocessor(engines.manifest["input_hw"], engines.manifest["normalization"])
+    roles = {g["name"]: g["role"] for g in engines.graphs}
+    drops = source.live or cfg.realtime
+    capture = Capture(source, cfg.queue_size, newest_wins=drops, pace_fps=(source.fps or 30.0) if (
+        cfg.realtime and not source.live) else None, max_frames=None if drops else cfg.max_frames,
+        reconnect_delays_s=cfg.reconnect_delays_s)
+    show = cfg.display and bool(os.environ.get("DISPLAY"))
+    stats, overlay, sink, stop = RunStats(), Overlay(), None, threading.Event()
+    fps, t_prev, t_status, wall0, aside, error = 0.0, None, time.perf_counter(), time.perf_counter(), 0.0, None
+    chain.warm_up(np.zeros(pre.out.shape, np.float32))
+    previous = _sigint_stops(stop)
+    try:
+        sink = FrameSink(cfg.output, source.fps) if cfg.output else None
+        capture.start()
+        wall0 = time.perf_counter()
+        while not stop.is_set():
+            try:
+                item = capture.queue.get(timeout=0.1)
+            except queue.Empty:  # nothing yet: look at the stop flag again
+                continue
+            if item is END:
+                break
+            index, frame, t_cap = item
+            t0 = time.perf_counter()
+            x = pre(frame)
+            t1 = time.perf_counter()
+            result = chain.run(x)
+            t2 = time.perf_counter()
+            rate = 1.0 / max(t2 - t_prev, 1e-9) if t_prev else 0.0
+            fps, t_prev = (0.9 * fps + 0.1 * rate) if fps else rate, t2
+            image = overlay(frame, result.labels, _lines(result, roles, fps))
+            t3 = time.perf_counter()
+            if sink is not None:
+                sink.write(image)
+            if show:
+                import cv2
+                cv2.imshow("mess-edge", image)
+                if cv2.waitKey(1) & 0xFF in (27, ord("q")):
+                    stop.set()
+            t4 = time.perf_counter()
+            stats.frame(result, collections.OrderedDict([
+                ("preprocess", (t1 - t0) * 1e3), ("overlay", (t3 - t2) * 1e3), ("output", (t4 - t3) * 1e3),
+                ("end_to_end", (t4 - t_cap) * 1e3)]))
+            if on_frame is not None:
+                on_frame(index, result, (t4 - t_cap) * 1e3)
+            if stats.frames <= cfg.final_only_frames:  # after the frame's output: not in its latency
+                stats.final_only_ms.append(chain.run_final_only(x).times_ms["total"])
+                stats.paired_ms.append(result.times_ms["total"])
+                aside += time.perf_counter() - t4  # nor in the loop's wall time
+            if t4 - t_status >= cfg.status_every_s:
+                t_status = t4
+                log("frame {:>6}  {:6.1f} fps  infer {:7.3f} ms  exits {}  dropped {}  corrupt {}".format(
+                    stats.frames, fps, result.times_ms["total"], dict(stats.exits), capture.dropped,
+                    capture.corrupt))
+            if cfg.max_frames is not None and stats.frames >= cfg.max_frames:
+                break
+    except BaseException as e:
+        error = e
+        raise
+    finally:
+        wall = time.perf_counter() - wall0 - aside
+        capture.stop()
+        if sink is not None:
+            sink.close()
+        if show:
+            import cv2
+            cv2.destroyAllWindows()
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        if stop.is_set():
+            capture.end_reason = "interrupted"
+        if error is not None:
+            capture.end_reason = "error: {}".format(str(error).splitlines()[0] if str(error) else type(error).__name__)
+        summary = stats.summary(capture, wall, sink.written if sink else 0)
+        summary.update(source=str(source.spec), instance=cfg.instance,
+                       engines=cfg.engines, setting=chain.plan.setting, backend=engines.backend,
+                       deadline_ms=cfg.deadline_ms, display=show, output=cfg.output)
+        if cfg.stats:
+            write_json_atomic(cfg.stats, summary)
+    if capture.error is not None:
+        raise capture.error
+    return summary
+
+
+@click.command()
+@click.argument("instance", type=click.Path(dir_okay=False))
+@click.option("--engines", "engine_dir", required=True, type=click.Path(file_okay=False),
+              help="Engine folder built on this device (mess-edge build).")
+@click.option("--camera", type=int, default=None, help="Camera index (OpenCV / V4L2).")
+@click.option("--source", default=None, help="Video file, image folder or glob, rtsp:// or http:// URL.")
+@click.option("--output", default=None, help="Overlay video (.mp4, .avi) or a folder of PNG frames.")
+@click.option("--display/--no-display", default=True, show_default=True, help="Show a window (needs DISPLAY).")
+@click.option("--stats", "stats_path", default=None, help="Write the end-of-run statistics here (JSON).")
+@click.option("--max-frames", type=int, default=None, help="Stop after N processed frames.")
+@click.option("--deadline-ms", type=float, default=None, help="Anytime instances: deadline per frame.")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime threads [default: physical cores].")
+@click.option("--realtime/--no-realtime", default=False, show_default=True,
+              help="Files: play at the file's fps, dropping frames like a camera (default: every frame).")
+@click.option("--loop", is_flag=True, help="Files: start again at the end.")
+@click.option("--timeout-s", type=float, default=5.0, show_default=True, help="Streams: open / read timeout.")
+@click.option("--final-only-frames", type=int, default=20, show_default=True,
+              help="Also time the final-only path on the first N frames (speedup); 0: off.")
+def run(instance, engine_dir, camera, source, output, display, stats_path, max_frames, deadline_ms, threads,
+        realtime, loop, timeout_s, final_only_frames):
+    """Run INSTANCE on a camera, a file or a stream: overlaid frames out, statistics at the end."""
+    from mess_edge.runtime.ort_runner import configure_ort_threads
+
+    configure_ort_threads(threads)  # this process owns its ONNX Runtime use: one pool for every engine
+    cfg = RunConfig(instance=instance, engines=engine_dir, camera=camera, source=source, output=output,
+                    display=display, stats=stats_path, max_frames=max_frames, deadline_ms=deadline_ms,
+                    realtime=realtime, loop=loop, timeout_s=timeout_s, final_only_frames=final_only_frames)
+    stats = run_stream(cfg, log=lambda line: click.echo(line, err=True))
+    click.echo(format_stats(stats))
