@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= demo
 
-.PHONY: setup demo demo-scratch demo-checkpoint test clean
+.PHONY: setup demo demo-scratch demo-checkpoint test test-py38 clean
 
 # torch is installed first and pinned: on the development machines torch==2.13.0 (CPU) lies on local disk,
 # while an unpinned torch would pull a multi-GB CUDA build.
@@ -31,6 +31,22 @@ demo-checkpoint: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+	$(MAKE) --no-print-directory test-py38
+
+# The device side on JetPack 5's Python (3.8) with numpy 1.x and no torch: its tests run in a second venv.
+PY38 ?= $(shell command -v python3.8 2>/dev/null || ls /root/.pyenv/versions/3.8*/bin/python3.8 2>/dev/null | head -n 1)
+DEVICE_TESTS = tests/test_metrics.py tests/test_voc.py tests/test_search_core.py tests/test_search_random.py \
+	tests/test_search_files.py tests/test_runner_ort.py tests/test_build_profile.py tests/test_trt_backend.py \
+	tests/test_chain.py tests/test_run.py tests/test_no_torch.py
+
+test-py38:
+	@if [ -z "$(PY38)" ]; then echo "python3.8 not found: the Python 3.8 / numpy 1.x device check is skipped"; else \
+	  if [ ! -x .venv38/bin/pytest ]; then \
+	    $(PY38) -m venv .venv38 && .venv38/bin/python -m pip install -q --upgrade pip && \
+	    .venv38/bin/python -m pip install -q "numpy<2" onnxruntime onnx opencv-python-headless pillow click \
+	      pytest pytest-timeout && .venv38/bin/python -m pip install -q --no-deps -e . ; fi && \
+	  .venv38/bin/python -c "import sys, numpy; print('device tests on Python', sys.version.split()[0], 'numpy', numpy.__version__)" && \
+	  .venv38/bin/python -m pytest -q -p no:cacheprovider $(DEVICE_TESTS); fi
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR)
+	rm -rf $(VENV) .venv38 $(DEMO_DIR)

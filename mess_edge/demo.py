@@ -19,7 +19,7 @@ import click
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 SHIPPED_STAGE1 = os.path.join(ASSETS, "cpu-mbv2-stage1.pt")
 # How the shipped checkpoint was made (also in its .json sidecar); `make demo-checkpoint` reruns it.
-STAGE1_RECIPE = ["--preset", "cpu-mbv2", "--stage", "1", "--epochs", "12", "--batch-size", "16", "--seed", "0"]
+STAGE1_RECIPE = ["--preset", "cpu-mbv2", "--stage", "1", "--epochs", "20", "--batch-size", "16", "--seed", "0"]
 
 
 def _cli(args, log, capture=False):

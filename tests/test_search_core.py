@@ -203,6 +203,12 @@ def test_simulate_replays_the_instance():
     sim = simulate(memo, inst)
     assert sim["exit_histogram"] == {"head_e0_c1b1r0h0": 3, "head_e1_c0b0r0h0": 1, "final": 0}
     assert (sim["miou"], sim["expected_cost"], sim["cost_unit"]) == (pytest.approx(77.5), 1.8125, "gmacs")
+    # Heads dearer than the whole network: the input-dependent optimum has no early exit and no th_pix.
+    dear = make_cost_table("macs", [1.0, 1.0], [9.0, 9.0, 9.0], 2.0)
+    r = search(memo, dear, "input-dependent", Objective(max_drop=0.0), grid=GRID)
+    inst0 = instance_dict(r, memo, dear)
+    assert (inst0["exits"], inst0["th_pix"], inst0["expected_cost"]) == ([], None, 4.0)
+    assert simulate(memo, inst0)["exit_histogram"] == {"final": 4}
     inst["exits"][0]["arch"]["crm"] = 3
     with pytest.raises(MessError, match="got instance exit e0:c3b1r0h0 absent from the memo"):
         simulate(memo, inst)

@@ -36,7 +36,9 @@ def make_manifest(memo, checkpoint=CKPT):
         e = int(memo.head_exit[h])
         graphs.append(graph(head_graph_name(e, memo.head_arch[h]), "head", 0.01 * (h + 1), hw[e], exit=e,
                             arch=arch_dict(memo.head_arch[h])))
-    graphs.append(graph("final", "final", 2.0, (8, 8)))
+    final = graph("final", "final", 2.0)  # ends in its own upsample: output "labels", no upsample cost after it
+    final["outputs"] = [{"name": "labels", "shape": [1, 128, 128], "dtype": "int32"}]
+    graphs.append(final)
     for name, size, gmacs in (("upsample_16x16", 16, 0.004), ("upsample_8x8", 8, 0.002)):
         graphs.append(graph(name, "upsample", gmacs, inputs=[{"name": "logits", "shape": [1, 3, size, size]}]))
     graphs.append(graph("monolithic", "monolithic", 3.5))
@@ -53,7 +55,8 @@ def make_lut(manifest, manifest_sha, drop=None):
     return {"format": "mess-edge-lut/1", "device": {"name": "test"}, "backend": "ort", "precision": "fp32",
             "input_size": [128, 128], "manifest_sha256": manifest_sha, "checkpoint_sha256": CKPT, "conditions": {},
             "segments": [dict(stats(1.0 + k, "segment_{}".format(k)), index=k) for k in range(N_POINTS)],
-            "heads": heads, "final": stats(4.0, "final"), "upsample": stats(0.05, "upsample"),
+            "heads": heads, "final": stats(4.0, "final"), "upsample": stats(0.05, "upsample_16x16"),
+            "upsamples": [stats(0.05, "upsample_16x16"), stats(0.03, "upsample_8x8")],
             "monolithic": stats(7.0, "monolithic")}
 
 
@@ -75,11 +78,16 @@ def test_memo_round_trip_and_cost_tables(files):
     macs = load_search_inputs(files["memo"], files["manifest"]).costs
     assert (macs.model, macs.unit, macs.segment.tolist(), macs.final) == ("macs", "gmacs", [0.5, 1.5], 2.0)
     assert macs.head.tolist() == pytest.approx([0.01 * (h + 1) for h in range(6)])
-    # Heads at exit 0 output 16x16 logits, heads at exit 1 and the final 8x8: each gets its own upsample.
-    assert macs.upsample.tolist() == [0.004] * 3 + [0.002] * 4
+    # Heads at exit 0 output 16x16 logits, heads at exit 1 8x8: each gets its own upsample; the final graph
+    # ends in labels (its upsample is inside it).
+    assert macs.upsample.tolist() == [0.004] * 3 + [0.002] * 3 + [0.0]
     inputs = load_search_inputs(files["memo"], files["manifest"], files["lut"])
     assert (inputs.costs.model, inputs.costs.segment.tolist(), inputs.costs.final) == ("latency", [1.0, 2.0], 4.0)
-    assert inputs.costs.upsample.tolist() == [0.05] * 7
+    assert inputs.costs.upsample.tolist() == [0.05] * 3 + [0.03] * 3 + [0.0]
+    # A lut with only the spec's single "upsample" entry uses it for every early exit.
+    rewrite(files["lut"], lambda lut: lut.pop("upsamples"))
+    inputs = load_search_inputs(files["memo"], files["manifest"], files["lut"])
+    assert inputs.costs.upsample.tolist() == [0.05] * 6 + [0.0]
     assert inputs.lut_sha256 == sha256_file(files["lut"]) and inputs.checkpoint_sha256 == CKPT
 
 

@@ -5,7 +5,7 @@ the exit taken) and one float cross to the host, and nothing is upsampled before
 definition (eqs. 7-9, readings settled) is in ``mess_edge.confidence``; this module computes exactly what
 ``mess_edge.confidence.image_confidence_fast`` mirrors:
 
-    conf   = max_c softmax(logits)                      (or 1 + C / log C * mean_c p log p for "entropy")
+    conf   = max_c softmax(logits)                      (or 1 - entropy / log C; pixel_confidence_graph)
     passed = conf >= th_pix                             pixel passes eq. 7's threshold
     labels = argmax_c logits;  edge = maxpool3x3(labels) + maxpool3x3(-labels) > 0   (another label nearby)
     votes  = avgpool(passed, 5x5, count_include_pad=0)  fraction of the in-image window that passes
@@ -15,10 +15,11 @@ On an edge pixel the lower median of its window is >= th_pix exactly when more t
 (n = window size), which is what the vote tests; the 1 / (4 n) margin keeps that test clear of rounding in
 fp16 (a majority is >= 0.5 + 1 / (2 n), a non-majority <= 0.5).
 
-ONNX ops at opset 17: Softmax, ReduceMax / ReduceMean (axes as attributes), GreaterOrEqual, Greater, Cast,
-ArgMax, MaxPool (no dilations), Neg, Add, AveragePool, Where: all in TensorRT 8.5's ONNX parser, no TopK, no
-data-dependent shapes. MaxPool's padding never wins a max (ONNX and TensorRT pad max pooling with -inf), so
-the 3x3 test only sees in-image pixels, like the numpy mirror.
+ONNX ops at opset 17: Unsqueeze / Squeeze (constant axes), MaxPool and AveragePool (2-D and 3-D, no
+dilations), Sub, Exp, Div (Mul, Log for "entropy"), GreaterOrEqual, Greater, Cast, ArgMax, Neg, Add, Where,
+ReduceMean (axes as an attribute): all in TensorRT 8.5's ONNX parser; no TopK, no data-dependent shapes.
+MaxPool's padding never wins a max (ONNX and TensorRT pad max pooling with -inf), so the 3x3 test only sees
+in-image pixels, like the numpy mirror.
 """
 
 import math
@@ -32,25 +33,41 @@ from mess_edge.errors import MessError
 KINDS = ("top1", "entropy")
 
 
-def pixel_confidence_graph(logits, kind):
-    """Per-pixel confidence [1, 1, h, w] from logits [1, C, h, w], without a Softmax node.
+def _pool_classes(z, pool):
+    """max (pool="max") or mean (pool="avg") over the class axis of z [n, 1, C, h, w] -> [n, 1, 1, h, w].
 
-    ONNX Runtime's CPU Softmax over the channel axis of NCHW transposes internally and costs ~5x the rest of
-    the gate (measured: 683 us of a 21x64x64 gate's 850 us), so both kinds are written with the shared
-    exponentials e = exp(z - max z) and mean_e = mean_c e (in [1 / C, 1]):
+    In the ONNX graph this is a 3-D pool with a (C, 1, 1) window: ONNX Runtime's CPU reductions over a middle
+    axis are slow (21x64x64, one thread: ReduceMax, Exp, ReduceMean 97 us; the same with the two pools 51 us;
+    a Softmax alone 670 us). TensorRT takes 3-D pooling. Eager torch keeps amax / mean, the same arithmetic,
+    because its CPU avg_pool3d has no fp16 kernel.
+    """
+    if not torch.onnx.is_in_onnx_export():
+        return z.amax(dim=2, keepdim=True) if pool == "max" else z.mean(dim=2, keepdim=True)
+    window = (int(z.shape[2]), 1, 1)
+    return F.max_pool3d(z, window) if pool == "max" else F.avg_pool3d(z, window)
+
+
+def pixel_confidence_graph(logits, kind):
+    """Per-pixel confidence [n, 1, h, w] from logits [n, C, h, w], without a Softmax node.
+
+    Both kinds are written with the shared exponentials e = exp(z - max_c z) and mean_e = mean_c e (in
+    [1 / C, 1]):
       top1    = max_c softmax = 1 / sum_c e = (1 / C) / mean_e
-      entropy = 1 - H(p) / log C = (mean_c(e * (z - max z)) / mean_e - log mean_e) / log C
+      entropy = 1 - H(p) / log C = (mean_c(e * (z - max_c z)) / mean_e - log mean_e) / log C
     (sum_c p log p = sum_c e (z - max z) / sum_c e - log sum_c e; the two log C terms cancel.)
     """
     num_classes = int(logits.shape[1])
-    shifted = logits - logits.amax(dim=1, keepdim=True)
+    z = logits.unsqueeze(1)  # [n, 1, C, h, w]: the classes become a pooling axis
+    shifted = z - _pool_classes(z, "max")
     e = torch.exp(shifted)
-    mean_e = e.mean(dim=1, keepdim=True)
+    mean_e = _pool_classes(e, "avg")
     if kind == "top1":
         # A tensor numerator keeps this one Div node (a Python scalar would export Reciprocal + Mul).
-        return torch.full((1,), 1.0 / num_classes, dtype=logits.dtype) / mean_e
-    ratio = (e * shifted).mean(dim=1, keepdim=True) / mean_e
-    return (ratio - torch.log(mean_e)) * (1.0 / math.log(num_classes))
+        conf = torch.full((1,), 1.0 / num_classes, dtype=logits.dtype) / mean_e
+    else:
+        ratio = _pool_classes(e * shifted, "avg") / mean_e
+        conf = (ratio - torch.log(mean_e)) * (1.0 / math.log(num_classes))
+    return conf.squeeze(1)
 
 
 class ConfidenceGate(nn.Module):

@@ -83,8 +83,19 @@ class Source(object):
         import cv2
 
         self.close()
+        # OpenCV logs every backend it tries; a failure is reported once, by the MessError of open()
+        log = getattr(getattr(cv2, "utils", None), "logging", None)
+        previous = log.setLogLevel(log.LOG_LEVEL_SILENT) if log is not None else None
+        try:
+            return self._open_cv2(cv2)
+        finally:
+            if log is not None:
+                log.setLogLevel(previous)
+
+    def _open_cv2(self, cv2):
         if self.kind == "camera":
             self.cap = cv2.VideoCapture(int(self.spec))
+            self.cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the driver's own queue would add frames of latency
         elif self.kind == "gstreamer":
             self.cap = cv2.VideoCapture(self.spec, cv2.CAP_GSTREAMER)
         elif self.kind == "stream":
@@ -99,10 +110,11 @@ class Source(object):
         return self.cap.isOpened()
 
     def reopen(self):
-        """Try once to reopen a live source; True when it delivers again."""
+        """Try once to reopen a live source; True when it opened (whether it delivers, read() tells)."""
         try:
             return self._open()
         except Exception:  # cv2 raises on some backends instead of returning closed
+            self.cap = None
             return False
 
     def read(self):
@@ -115,7 +127,7 @@ class Source(object):
             frame = cv2.imread(self.paths[self.next], cv2.IMREAD_COLOR)
             self.next += 1
             return ("ok", frame) if valid_frame(frame) else ("corrupt", None)
-        ok, frame = self.cap.read()
+        ok, frame = self.cap.read() if self.cap is not None else (False, None)
         if not ok and self.loop and not self.live and self._open():  # rewind by reopening: seeking is codec-bound
             ok, frame = self.cap.read()
         if not ok:
@@ -147,7 +159,7 @@ class Capture(threading.Thread):
         self.queue = queue.Queue(maxsize=max(1, int(queue_size)))
         self.stop_event = threading.Event()
         self.frames_in = self.dropped = self.corrupt = self.reconnects = self.unprocessed = 0
-        self.end_reason, self.error = None, None
+        self.end_reason, self.error, self._failed = None, None, 0
 
     def run(self):
         try:
@@ -165,11 +177,18 @@ class Capture(threading.Thread):
             status, frame = self.source.read()
             now = time.perf_counter()
             if status == "lost":
-                if not self._reconnect():
+                # attempts count since the last good frame, so a source that reopens but never delivers ends too
+                if self._failed >= len(self.reconnect_delays_s):
                     return "stream lost after {} reconnect attempts".format(len(self.reconnect_delays_s))
+                if self.stop_event.wait(self.reconnect_delays_s[self._failed]):
+                    return "stopped"
+                self._failed += 1
+                self.reconnects += 1
+                self.source.reopen()
                 continue
             if status == "end":
                 return "end of source"
+            self._failed = 0
             self.frames_in += 1
             if status == "corrupt":
                 self.corrupt += 1
@@ -181,15 +200,6 @@ class Capture(threading.Thread):
                 now = time.perf_counter()
             self._put((self.frames_in - 1, frame, now))
         return "stopped"
-
-    def _reconnect(self):
-        for delay in self.reconnect_delays_s:
-            if self.stop_event.wait(delay):
-                return False
-            self.reconnects += 1
-            if self.source.reopen():
-                return True
-        return False
 
     def _put(self, item):
         """A frame of a newest-wins capture never waits: a full queue loses its oldest frame. Anything else

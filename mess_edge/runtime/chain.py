@@ -6,11 +6,12 @@
 
 Segments run in order and their features stay where the backend keeps them: ONNX Runtime OrtValues bound
 with IOBinding (on the GPU with the CUDA/TensorRT providers), TensorRT device buffers wired from one engine's
-output to the next engine's input. Per exit only the image confidence (one float) comes to the host, and
-the label map only for the exit taken: its upsample graph runs once, after the decision.
+output to the next engine's input. Per early exit only the image confidence (one float) comes to the host,
+and the label map only for the exit taken: its upsample graph runs once, after the decision. The final
+graph (last segment, final head and upsample in one, SPEC_INTERFACES.md) hands over its label map directly.
 
-Settings (instance "setting"): final-only (segments, final, upsample); budgeted (segments to the one exit,
-its head); anytime (exits in order while the next output is predicted to land before ``deadline_ms``, then
+Settings (instance "setting"): final-only (segments, final); budgeted (segments to the one exit, its head,
+its upsample); anytime (exits in order while the next output is predicted to land before ``deadline_ms``, then
 the final exit; the newest output wins); input-dependent (the first exit whose confidence >= its th_img,
 else the final exit). ``ReferenceChain`` is the plain version the tests hold ``Chain`` to: numpy in and out,
 every graph run on every frame, the decision made afterwards.
@@ -31,7 +32,8 @@ DEFAULT_TH_PIX = 0.5  # fed to the heads when the instance has no pixel threshol
 FrameResult = collections.namedtuple("FrameResult", ["labels", "exit", "graph", "confidence", "times_ms"])
 FrameResult.__doc__ = """One frame through the chain: ``labels`` int32 [H, W] (the manifest's input_hw), ``exit``
 the exit point index taken (int) or "final", ``graph`` the head graph taken (or "final"), ``confidence`` its
-image confidence (float in [0, 1]), ``times_ms`` OrderedDict graph name -> ms, in run order, plus "total"."""
+image confidence (float in [0, 1]; None for the final exit, whose graph computes none), ``times_ms``
+OrderedDict graph name -> ms, in run order, plus "total"."""
 
 Exit = collections.namedtuple("Exit", ["exit", "graph", "th_img"])
 
@@ -49,6 +51,9 @@ class Plan(object):
     """An instance checked against an EngineSet: which graphs run, in what order, wired how."""
 
     def __init__(self, engines, instance):
+        if instance.get("format") != INSTANCE_FORMAT:
+            raise MessError("got an instance of format {!r}; expected {!r}; try mess-edge search".format(
+                instance.get("format"), INSTANCE_FORMAT))
         setting = instance.get("setting")
         if setting not in SETTINGS:
             raise MessError("got instance setting {!r}; expected one of {}".format(setting, ", ".join(SETTINGS)))
@@ -84,11 +89,12 @@ class Plan(object):
             self.exits = []  # a budgeted instance that keeps the final exit is the final-only network
         if setting == "final-only":
             self.exits, self.final = [], True
-        if not engines.by_role("final"):
-            raise MessError("engines in {} have no 'final' graph; expected the export's output; try re-exporting"
-                            .format(engines.dir))
-        producers = [x.graph for x in self.exits] + ["final"]
-        self.upsample = {p: _upsample_for(engines, p) for p in producers}
+        finals = engines.by_role("final")
+        if not finals or [o["name"] for o in finals[0]["outputs"]] != ["labels"]:
+            raise MessError("engines in {} have no 'final' graph ending in 'labels'; expected the current export "
+                            "(final = last segment + final head + upsample); try mess-edge export, then mess-edge "
+                            "build".format(engines.dir))
+        self.upsample = {x.graph: _upsample_for(engines, x.graph) for x in self.exits}
 
     def graphs(self):
         """Every graph name the chain runs (each once), upsample graphs last."""
@@ -158,21 +164,20 @@ class Chain(object):
                 break
         else:
             if plan.final:
-                done = self._segments(image, done, len(plan.segments), times)
-                taken = ("final", "final", self._stage("final", times))
+                return self._final(image, done, times, t0)
         labels = self._timed(plan.upsample[taken[1]], times, lambda: self.backend.labels(taken[1]))
         times["total"] = (time.perf_counter() - t0) * 1e3
         return FrameResult(labels, taken[0], taken[1], taken[2], times)
 
     def run_final_only(self, image):
-        """FrameResult of the final-only path (all segments, final, its upsample): the baseline."""
-        times = collections.OrderedDict()
-        t0 = time.perf_counter()
-        self._segments(image, 0, len(self.plan.segments), times)
-        conf = self._stage("final", times)
-        labels = self._timed(self.plan.upsample["final"], times, lambda: self.backend.labels("final"))
+        """FrameResult of the final-only path (all segments, then final): the baseline."""
+        return self._final(image, 0, collections.OrderedDict(), time.perf_counter())
+
+    def _final(self, image, done, times, t0):
+        self._segments(image, done, len(self.plan.segments), times)
+        labels = self._stage("final", times)
         times["total"] = (time.perf_counter() - t0) * 1e3
-        return FrameResult(labels, "final", "final", conf, times)
+        return FrameResult(labels, "final", "final", None, times)
 
     def warm_up(self, image, passes=2):
         """Run every graph of the plan ``passes`` times (first-run allocations, caches); the last pass seeds
@@ -182,9 +187,10 @@ class Chain(object):
                 self._mean_ms.clear()
             times = collections.OrderedDict()
             self._segments(image, 0, len(self.plan.segments), times)
-            for producer in [x.graph for x in self.plan.exits] + ["final"]:
-                self._stage(producer, times)
-                self._timed(self.plan.upsample[producer], times, lambda: self.backend.labels(producer))
+            for x in self.plan.exits:
+                self._stage(x.graph, times)
+                self._timed(self.plan.upsample[x.graph], times, lambda: self.backend.labels(x.graph))
+            self._stage("final", times)
 
     def _segments(self, image, start, stop, times):
         for k in range(start, stop):
@@ -211,7 +217,7 @@ class Chain(object):
                       else (len(plan.segments), "final"))
         if head == "final" and not plan.final:
             return False
-        ahead = [plan.segments[k] for k in range(done, stop)] + [head, plan.upsample[head]]
+        ahead = [plan.segments[k] for k in range(done, stop)] + [head, plan.upsample.get(head)]
         predicted = sum(self._mean_ms.get(n, 0.0) for n in ahead)
         return (time.perf_counter() - t0) * 1e3 + predicted <= self.deadline_ms
 
@@ -236,7 +242,7 @@ class _OrtBackend(object):
             self.deactivate()
             raise
         th = np.array([self.plan.th_pix], np.float32)
-        self.th = {n: self.runners[n].ortvalue(th) for n in self.inputs if "feat" in self.inputs[n]}
+        self.th = {x.graph: self.runners[x.graph].ortvalue(th) for x in self.plan.exits}
         self.out, self.checked = {}, set()
 
     def deactivate(self):
@@ -256,7 +262,8 @@ class _OrtBackend(object):
         return self.out[name]
 
     def run(self, name, image=None):
-        """Run graph ``name``; for a head or final, return its confidence (the one float brought over)."""
+        """Run graph ``name``; return what comes to the host: a head's confidence (one float), the final
+        graph's label map (int32 [H, W]), nothing for a segment."""
         if image is not None:
             feed = {"image": image}
         else:
@@ -264,11 +271,13 @@ class _OrtBackend(object):
         if name in self.th:
             feed["th_pix"] = self.th[name]
         out = self._call(name, feed)
+        if "labels" in out:
+            return np.array(out["labels"].numpy()[0])  # a copy: numpy() views the buffer the next frame reuses
         return float(out["confidence"].numpy()[0]) if "confidence" in out else None
 
     def labels(self, producer):
         up = self._call(self.plan.upsample[producer], {"logits": self.out[producer]["logits"]})
-        return np.array(up["labels"].numpy()[0])  # a copy: numpy() views the output buffer the next frame reuses
+        return np.array(up["labels"].numpy()[0])
 
 
 class _TrtBackend(object):
@@ -287,8 +296,9 @@ class _TrtBackend(object):
         try:
             for name in plan.segments:
                 self._add(name, name, ())
-            for producer in [x.graph for x in plan.exits] + ["final"]:
-                self._add(producer, producer, ("confidence",))
+            for x in plan.exits:
+                self._add(x.graph, x.graph, ("confidence",))
+            self._add("final", "final", ("labels",))
             for producer, up in plan.upsample.items():
                 self._add("up:" + producer, up, ("labels",))
             wires = [(s, "feat_in", p) for p, s in zip(plan.segments, plan.segments[1:])]
@@ -331,6 +341,8 @@ class _TrtBackend(object):
         if name in self.plan.segments:
             self._call(name, {})
             return None
+        if name == "final":
+            return np.array(self._call(name, {}).host_output("labels")[0])
         return float(self._call(name, {"th_pix": self.th}).host_output("confidence")[0])
 
     def labels(self, producer):
@@ -356,17 +368,19 @@ class ReferenceChain(object):
                 r.deactivate()
 
     def outputs(self, image):
-        """[(exit, graph, confidence, labels int32 [H, W])] for every exit of the plan in order, then final."""
+        """[(exit, graph, confidence, labels int32 [H, W])] for every exit of the plan in order, then the final
+        exit (confidence None)."""
         plan, th = self.plan, np.array([self.plan.th_pix], np.float32)
         feats, x = [], image
         for k, name in enumerate(plan.segments):
             x = self.runners[name].infer({"image" if k == 0 else "feat_in": x})["feat"]
             feats.append(x)
         outs = []
-        for e, graph in [(x.exit, x.graph) for x in plan.exits] + [("final", "final")]:
-            o = self.runners[graph].infer({"feat": feats[-1 if e == "final" else e], "th_pix": th})
-            labels = self.runners[plan.upsample[graph]].infer({"logits": o["logits"]})["labels"][0]
-            outs.append((e, graph, float(o["confidence"][0]), labels))
+        for x in plan.exits:
+            o = self.runners[x.graph].infer({"feat": feats[x.exit], "th_pix": th})
+            labels = self.runners[plan.upsample[x.graph]].infer({"logits": o["logits"]})["labels"][0]
+            outs.append((x.exit, x.graph, float(o["confidence"][0]), labels))
+        outs.append(("final", "final", None, self.runners["final"].infer({"feat": feats[-1]})["labels"][0]))
         return outs
 
     def run(self, image, anytime_outputs=None):

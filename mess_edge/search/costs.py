@@ -1,9 +1,10 @@
 """Cost model of the search: Table 1's formulas, and the cost table they read (device side: numpy only).
 
 Segment k is the backbone from exit point k-1 (or the image, k = 0) to exit point k; "final" is the graph that
-runs the rest of the backbone after the last exit point plus the final head; the upsample graph (bilinear +
-argmax to the input size) runs once per image, for the exit that image takes. Costs are GMACs from the
-manifest ("macs") or median milliseconds from a lut.json ("latency").
+runs the rest of the backbone after the last exit point plus the final head (and, in current exports, its own
+upsample to labels); an upsample graph (bilinear + argmax to the input size) runs once per image after the
+early exit that image takes. Costs are GMACs from the manifest ("macs") or median milliseconds from a
+lut.json ("latency").
 
 The Table 1 functions below exclude the upsample; ``cost_upsample`` adds it. Sums are plain left-to-right
 loops (not ``sum``, which is compensated from Python 3.12) so the vectorised search can repeat them bitwise.
@@ -124,8 +125,12 @@ def _output_hw(graph):
 
 
 def _upsample_for(graph, upsamples, where):
-    """The upsample graph whose input resolution matches ``graph``'s logits (one graph serves all if alone)."""
-    if not upsamples:
+    """The upsample graph whose input resolution matches ``graph``'s logits (one graph serves all if alone).
+
+    None when nothing is upsampled after ``graph``: no upsample graphs, or ``graph`` already ends in "labels"
+    (the final graph, which runs its own upsample, so its cost is already in the final's).
+    """
+    if not upsamples or any(o.get("name") == "labels" for o in graph.get("outputs", [])):
         return None
     hw = _output_hw(graph)
     for u in upsamples:
@@ -186,8 +191,8 @@ def costs_from_lut(lut, manifest, memo, where="lut"):
         if isinstance(lut.get(key), dict):
             entries[lut[key].get("name", key)] = lut[key]
     ups = lut.get("upsample")
-    if isinstance(ups, list):  # one entry per upsample graph, by name
-        entries.update({e.get("name"): e for e in ups})
+    for e in lut.get("upsamples") or (ups if isinstance(ups, list) else []):  # per upsample graph, by name
+        entries[e.get("name")] = e
 
     def ms(graph):
         entry = entries.get(graph["name"])

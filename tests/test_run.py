@@ -1,0 +1,261 @@
+"""`mess-edge run` end to end on small real engines: video, image folder, streams, faults, Ctrl-C, no torch."""
+
+import collections
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+
+from _fixtures import make_onnx_dir
+from mess_edge.errors import MessError
+from mess_edge.runtime.build import build_engines, load_engines
+from mess_edge.runtime.camera import (Capture, Overlay, Preprocessor, Source, bgr_palette, preprocess_reference,
+                                      valid_frame)
+from mess_edge.runtime.chain import ReferenceChain
+from mess_edge.runtime.run_commands import LatencyHistogram, RunConfig, run_stream
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+E0, E1 = "head_e0_c1b1r0h0", "head_e1_c1b1r0h0"
+NORM = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "order": "RGB", "scale": 255.0}
+
+
+def scene(i, hw=(40, 48)):
+    """A BGR frame: a moving disc and bar on a gradient (deterministic)."""
+    h, w = hw
+    img = np.zeros((h, w, 3), np.uint8)
+    img[:] = np.linspace(30, 200, w, dtype=np.uint8)[None, :, None]
+    cv2.circle(img, (6 + 3 * i % (w - 12), h // 2), 7, (40, 220, 90), -1)
+    cv2.rectangle(img, (w // 2, 2 + i % (h - 10)), (w // 2 + 10, 8 + i % (h - 10)), (200, 30, 160), -1)
+    return img
+
+
+def write_video(path, n, fps=25.0):
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"mp4v"), fps, (48, 40))
+    for i in range(n):
+        writer.write(scene(i))
+    writer.release()
+    return path
+
+
+def decode(path):
+    cap, frames = cv2.VideoCapture(path), []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            return frames
+        frames.append(frame)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """(engines, video with 12 frames, instance.json whose first threshold splits those frames)."""
+    base = tmp_path_factory.mktemp("run")
+    make_onnx_dir(str(base / "onnx"), widths=(8, 16, 16), num_classes=5)
+    engines = load_engines(build_engines(str(base / "onnx"), "ort", out_dir=str(base / "eng")))
+    video = write_video(str(base / "clip.mp4"), 12)
+    inst = {"format": "mess-edge-instance/1", "setting": "input-dependent", "final": True, "th_pix": 0.6,
+            "policy": "edge", "manifest_sha256": engines.sidecar["manifest_sha256"],
+            "exits": [{"exit": 0, "graph": E0, "arch": {}, "th_img": 1.01}, {"exit": 1, "graph": E1, "arch": {},
+                                                                            "th_img": 1.01}]}
+    xs = [preprocess_reference(f, (32, 32), NORM) for f in decode(video)]
+    with ReferenceChain(engines, inst) as ref:
+        conf = sorted(ref.outputs(x)[0][2] for x in xs)
+    inst["exits"][0]["th_img"] = (conf[5] + conf[6]) / 2.0  # about half the frames leave at E1
+    path = str(base / "instance.json")
+    with open(path, "w") as f:
+        json.dump(inst, f)
+    return engines, video, path, inst
+
+
+def cli(*args, timeout=60):
+    """`mess-edge ARGS` in a subprocess where torch cannot be imported; asserts it never was."""
+    code = ("import sys; sys.modules['torch'] = None\nfrom mess_edge.cli import main\nmain({!r})\n"
+            "assert sys.modules.get('torch') is None\n").format([str(a) for a in args])
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+
+
+def test_preprocessor_matches_reference():
+    rng = np.random.default_rng(0)
+    for hw, norm in (((40, 48), NORM), ((32, 32), NORM), ((90, 60), dict(NORM, order="BGR", scale=1.0))):
+        pre = Preprocessor((32, 32), norm)
+        for _ in range(2):
+            frame = rng.integers(0, 256, hw + (3,), dtype=np.uint8)
+            out = pre(frame)
+            assert out.shape == (1, 3, 32, 32) and out.dtype == np.float32
+            np.testing.assert_allclose(out, preprocess_reference(frame, (32, 32), norm), rtol=1e-5, atol=2e-5)
+        assert pre(frame) is out  # the buffer is allocated once
+
+
+def test_latency_histogram_matches_numpy_percentiles():
+    samples = np.random.default_rng(1).lognormal(0.5, 1.2, 5000)
+    hist = LatencyHistogram()
+    for s in samples:
+        hist.add(s)
+    for q in (50, 90, 99):
+        want = np.percentile(samples, q, method="inverted_cdf")
+        assert abs(hist.percentile(q) - want) <= 0.005 * want
+    s = hist.summary()
+    assert s["n"] == 5000 and s["mean"] == pytest.approx(samples.mean()) and s["max"] == samples.max()
+
+
+def test_overlay_blends_class_colours_and_keeps_background():
+    frame = np.full((20, 40, 3), 100, np.uint8)
+    labels = np.zeros((32, 32), np.int32)
+    labels[:, 16:] = 2
+    out = Overlay(min_width=320)(frame, labels)
+    assert out.shape == (160, 320, 3)
+    assert (out[:, :150] == 100).all()  # background: the frame as it was
+    want = np.round(0.5 * 100 + 0.5 * bgr_palette()[2].astype(float))
+    np.testing.assert_allclose(out[:, 170:].reshape(-1, 3), np.broadcast_to(want, (160 * 150, 3)), atol=1)
+
+
+def test_video_end_to_end_matches_reference_without_torch(setup, tmp_path):
+    engines, video, inst_path, inst = setup
+    out, stats_path = str(tmp_path / "overlay.mp4"), str(tmp_path / "stats.json")
+    r = cli("run", inst_path, "--engines", engines.dir, "--source", video, "--output", out, "--no-display",
+            "--stats", stats_path, "--threads", 1)
+    assert r.returncode == 0, r.stderr[-2000:]
+    s = json.load(open(stats_path))
+    assert (s["frames_in"], s["frames"], s["frames_written"], s["dropped"], s["corrupt"]) == (12, 12, 12, 0, 0)
+    assert s["frames_in"] == s["frames_written"] + s["dropped"] + s["corrupt"]
+    assert s["end_reason"] == "end of source" and s["setting"] == "input-dependent"
+    with ReferenceChain(engines, inst) as ref:
+        want = collections.Counter(ref.run(preprocess_reference(f, (32, 32), NORM)).graph for f in decode(video))
+    assert s["exit_histogram"] == dict(want) and 0 < want[E0] < 12  # some frames leave early, some do not
+    for stage in ("preprocess", "inference", "overlay", "output", "end_to_end", "segment_0", E0, "upsample_16x16"):
+        row = s["latency_ms"][stage]
+        assert 0 < row["p50"] <= row["p90"] <= row["p99"] <= row["max"] and row["n"] >= 6
+    assert s["latency_ms"]["inference"]["n"] == 12 and s["mean_inference_ms"] == s["latency_ms"]["inference"]["mean"]
+    assert s["final_only"]["frames"] == 12 and s["speedup_vs_final_only"] == pytest.approx(
+        s["final_only"]["mean_ms"] / s["mean_inference_ms"])
+    assert s["fps"] > 0 and s["inference_fps"] == pytest.approx(1e3 / s["mean_inference_ms"])
+    frames = decode(out)
+    assert len(frames) == 12 and frames[0].shape == (280, 336, 3)  # 40x48 enlarged 7x for the text
+    assert "frames 12 processed of 12 read (0 dropped, 0 corrupt" in r.stdout and "speedup" in r.stdout
+
+
+def test_image_folder_skips_and_counts_a_corrupt_file(setup, tmp_path):
+    engines, _, inst_path, _ = setup
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(5):
+        cv2.imwrite(str(folder / "{:03d}.png".format(i)), scene(i))
+    (folder / "002b.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    out = str(tmp_path / "pngs")
+    s = run_stream(RunConfig(inst_path, engines.dir, source=str(folder), output=out, display=False))
+    assert (s["frames_in"], s["frames"], s["corrupt"], s["dropped"], s["frames_written"]) == (6, 5, 1, 0, 5)
+    assert sorted(os.listdir(out)) == ["{:06d}.png".format(i) for i in range(5)]
+    s = run_stream(RunConfig(inst_path, engines.dir, source=str(folder / "00[0-2].png"), display=False,
+                             final_only_frames=0, max_frames=2))
+    assert (s["frames_in"], s["frames"], s["frames_written"], s["speedup_vs_final_only"]) == (2, 2, 0, None)
+
+
+def test_frames_that_are_not_hxwx3_uint8_are_corrupt():
+    good = np.zeros((4, 5, 3), np.uint8)
+    assert valid_frame(good)
+    for bad in (None, good[:, :, 0], good.astype(np.float32), good[:0], np.zeros((4, 5, 4), np.uint8)):
+        assert not valid_frame(bad)
+
+
+def test_newest_frame_wins_and_realtime_pacing(tmp_path):
+    for i in range(10):
+        cv2.imwrite(str(tmp_path / "{:02d}.png".format(i)), scene(i))
+    cap = Capture(Source(str(tmp_path)), queue_size=1, newest_wins=True, pace_fps=100.0)
+    t0 = time.perf_counter()
+    cap.start()
+    got = []
+    while True:
+        item = cap.queue.get(timeout=5)
+        if item is None:
+            break
+        got.append(item[0])
+        time.sleep(0.035)  # a consumer slower than the source
+    cap.stop()
+    assert time.perf_counter() - t0 >= 0.09  # 10 frames at 100 fps
+    assert cap.frames_in == 10 and cap.dropped > 0 and len(got) + cap.dropped + cap.unprocessed == 10
+    assert got == sorted(got) and got[-1] == 9  # in order, and the newest frame is never the one dropped
+
+
+@pytest.mark.parametrize("cfg, message", [
+    (dict(camera=99), "cannot open camera 99; expected a connected camera"),
+    (dict(source="rtsp://127.0.0.1:9/x", timeout_s=1.0), "cannot open stream rtsp://127.0.0.1:9/x within 1 s"),
+    (dict(source="/no/such/clip.mp4"), "got --source /no/such/clip.mp4; no such file or folder"),
+    (dict(), "neither --camera nor --source"),
+    (dict(camera=0, source="x.mp4"), "both --camera and --source"),
+    (dict(source="x.mp4", deadline_ms=5.0), "got --deadline-ms with a input-dependent instance"),
+])
+def test_source_faults_are_clear_errors(setup, tmp_path, cfg, message):
+    engines, video, inst_path, _ = setup
+    if cfg.get("source") == "x.mp4" and "camera" not in cfg:
+        cfg["source"] = video
+    t0 = time.perf_counter()
+    with pytest.raises(MessError, match=message.replace("(", "\\(")):
+        run_stream(RunConfig(inst_path, engines.dir, display=False, **cfg))
+    assert time.perf_counter() - t0 < 5
+
+
+def _mjpeg_server(batches):
+    """An HTTP MJPEG server on 127.0.0.1: one connection per batch of frames, then it goes away for good."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+
+    def serve():
+        k = 0
+        for n in batches:
+            conn, _ = sock.accept()
+            conn.recv(4096)
+            conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary=frame\r\n\r\n")
+            for _ in range(n):
+                jpg = cv2.imencode(".jpg", scene(k))[1].tobytes()
+                k += 1
+                conn.sendall(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpg) +
+                             jpg + b"\r\n")
+                time.sleep(0.01)
+            conn.close()
+        sock.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return "http://127.0.0.1:{}/stream.mjpg".format(sock.getsockname()[1])
+
+
+def test_stream_that_drops_reconnects_then_ends_cleanly(setup, tmp_path):
+    engines, _, inst_path, _ = setup
+    url = _mjpeg_server([6, 4])
+    stats = str(tmp_path / "stats.json")
+    s = run_stream(RunConfig(inst_path, engines.dir, source=url, display=False, stats=stats, timeout_s=2.0,
+                             reconnect_delays_s=(0.05, 0.1, 0.2)))
+    assert s["end_reason"] == "stream lost after 3 reconnect attempts"
+    assert s["reconnects"] == 4  # one that worked, three that did not
+    assert s["frames_in"] == 10 and s["frames_in"] == s["frames"] + s["dropped"] + s["corrupt"] and s["frames"] >= 2
+    assert json.load(open(stats))["reconnects"] == 4
+
+
+def test_ctrl_c_stops_cleanly_with_stats_and_a_playable_video(setup, tmp_path):
+    engines, video, inst_path, _ = setup
+    out, stats = str(tmp_path / "live.mp4"), str(tmp_path / "stats.json")
+    code = ("import sys; sys.modules['torch'] = None\nfrom mess_edge.cli import main\n"
+            "main({!r})\n").format(["run", inst_path, "--engines", engines.dir, "--source", video, "--loop",
+                                    "--output", out, "--stats", stats, "--no-display"])
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    partial = str(tmp_path / ".live.partial.mp4")
+    deadline = time.time() + 30
+    while not os.path.exists(partial) and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    stdout, stderr = p.communicate(timeout=30)
+    assert p.returncode == 0, stderr[-2000:]
+    s = json.load(open(stats))
+    assert s["end_reason"] == "interrupted" and s["frames"] > 12  # looped past the clip's end
+    assert len(decode(out)) == s["frames_written"] == s["frames"] and not os.path.exists(partial)
+    assert s["frames_in"] == s["frames"] + s["dropped"] + s["corrupt"]
