@@ -117,7 +117,7 @@ def _export_all(net, heads, hw, out, log, onnx):
                       (image if k == 0 else feats[k - 1],), ["image" if k == 0 else "feat_in"], ["feat"]))
     for k, arch in heads:
         specs.append(("head_e{}_{}".format(k, arch.name), "head", {"exit": k, "arch": arch.to_dict()},
-                      graphs.GatedHead(net, k, arch), (feats[k], th), ["feat", "th_pix"], ["logits", "confidence"]))
+                      graphs.gated_head(net, k, arch), (feats[k], th), ["feat", "th_pix"], ["logits", "confidence"]))
     specs.append(("final", "final", {}, graphs.FinalPath(net), (feats[n_early - 1],), ["feat"], ["labels"]))
     with torch.no_grad():
         native = {tuple(net.forward_exit(k, a, feats[k]).shape[-2:]) for k, a in heads}

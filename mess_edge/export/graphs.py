@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mess_edge.model.gate import ConfidenceGate
+from mess_edge.model.gate import HeadWithGate
 
 
 class Segment(nn.Module):
@@ -23,17 +23,9 @@ class Segment(nn.Module):
         return self.net.forward_segment(self.k, x)
 
 
-class GatedHead(nn.Module):
+def gated_head(net, k, arch):
     """An early exit: feature, th_pix -> (native logits, image confidence of eqs. 7-9)."""
-
-    def __init__(self, net, k, arch):
-        super().__init__()
-        self.head = net.exit_head(k, arch)
-        self.gate = ConfidenceGate()
-
-    def forward(self, feat, th_pix):
-        logits = self.head(feat)
-        return logits, self.gate(logits, th_pix)
+    return HeadWithGate(net.exit_head(k, arch))
 
 
 class FinalPath(nn.Module):
