@@ -34,7 +34,9 @@ test: setup
 	$(MAKE) --no-print-directory test-py38
 
 # The device side on JetPack 5's Python (3.8) with numpy 1.x and no torch: its tests run in a second venv.
-PY38 ?= $(shell command -v python3.8 2>/dev/null || ls /root/.pyenv/versions/3.8*/bin/python3.8 2>/dev/null | head -n 1)
+# (pyenv's shim answers `command -v python3.8` even when it cannot run it: try each candidate for real)
+PY38 ?= $(shell for p in /root/.pyenv/versions/3.8*/bin/python3.8 python3.8; do \
+	  $$p -c 'import sys' >/dev/null 2>&1 && { command -v $$p; break; }; done)
 DEVICE_TESTS = tests/test_metrics.py tests/test_voc.py tests/test_search_core.py tests/test_search_random.py \
 	tests/test_search_files.py tests/test_runner_ort.py tests/test_build_profile.py tests/test_trt_backend.py \
 	tests/test_chain.py tests/test_run.py tests/test_no_torch.py
@@ -44,7 +46,7 @@ test-py38:
 	  if [ ! -x .venv38/bin/pytest ]; then \
 	    $(PY38) -m venv .venv38 && .venv38/bin/python -m pip install -q --upgrade pip && \
 	    .venv38/bin/python -m pip install -q "numpy<2" onnxruntime onnx opencv-python-headless pillow click \
-	      pytest pytest-timeout && .venv38/bin/python -m pip install -q --no-deps -e . ; fi && \
+	      scikit-learn matplotlib pytest pytest-timeout && .venv38/bin/python -m pip install -q --no-deps -e . ; fi && \
 	  .venv38/bin/python -c "import sys, numpy; print('device tests on Python', sys.version.split()[0], 'numpy', numpy.__version__)" && \
 	  .venv38/bin/python -m pytest -q -p no:cacheprovider $(DEVICE_TESTS); fi
 

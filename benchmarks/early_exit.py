@@ -1,0 +1,245 @@
+"""The analogue of the paper's Table 2 on the embedded default, measured through the real runtime.
+
+For each preset (a MobileNetV2 one and a dilated-ResNet one): the final-only baseline (the fastest of the
+monolithic graph and the chained final path) against MESS instances searched on the calibration split for
+(i) max mIoU at <= 1x the baseline's latency, (ii) min latency at <= 0.1 pp drop, (iii) min latency at <= 1 pp
+drop; each with its test-split mIoU (from the runtime's own label maps) and mean measured latency per frame
+through the chain (onnxruntime, CPU), interleaved frame by frame with the baseline. Beside them: the oracle exit
+policy (each image leaves at the earliest exit whose prediction is as good as the final one) and its
+speedup, as the limit.
+
+    python benchmarks/early_exit.py --preset cpu-mbv2 --stage1 mess_edge/assets/cpu-mbv2-stage1.pt
+    python benchmarks/early_exit.py --preset cpu-drn --stage1-epochs 10
+
+Artifacts go under runs/early_exit/<preset>/ and are reused when present. The timing runs in a process that
+never imports torch (a torch thread pool in the same process slows onnxruntime ~1.6x).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks._common import ROOT, cli, save  # noqa: E402
+
+TARGETS = {"mobilenetv2": {"1pp": 1.73, "0.1pp": 1.64}, "resnet": {"1pp": 2.65, "0.1pp": 2.23}}
+
+
+def prepare(a, work):
+    """Train (or reuse), calibrate, export, build and profile one preset; returns the artifact paths."""
+    p = {k: os.path.join(work, v) for k, v in dict(
+        stage1="stage1.pt", stage2="stage2.pt", memo="memo_cal.npz", test_memo="memo_test.npz", onnx="onnx",
+        engines="engines", lut="engines/lut.json").items()}
+    data = a.data
+    if not os.path.isdir(data):
+        cli("data", "digitscenes", "--out", data)
+    if not os.path.isfile(p["stage1"]):
+        if a.stage1:
+            shutil.copyfile(a.stage1, p["stage1"])
+        else:
+            cli("train", "--preset", a.preset, "--data", data, "--stage", 1, "--epochs", a.stage1_epochs,
+                "--out", p["stage1"], capture=False)
+    if not os.path.isfile(p["stage2"]):
+        cli("train", "--data", data, "--stage", 2, "--init", p["stage1"], "--space", a.space, "--epochs",
+            a.stage2_epochs, "--val-images", 100, "--out", p["stage2"], capture=False)
+    for split, key in (("cal", "memo"), ("test", "test_memo")):
+        if not os.path.isfile(p[key]):
+            cli("calibrate", p["stage2"], "--data", data, "--split", split, "--out", p[key])
+    if not os.path.isfile(os.path.join(p["onnx"], "manifest.json")):
+        cli("export", p["stage2"], "--out", p["onnx"])
+    if not os.path.isfile(p["lut"]):
+        cli("build", p["onnx"], "--backend", "ort", "--out", p["engines"])
+        cli("profile", p["engines"], "--min-seconds", a.profile_seconds, "--threads", a.threads)
+    return p
+
+
+def search_instances(p, work):
+    """The three searched instances of Table 2 plus final-only, as {label: instance path}."""
+    base = ["--memo", p["memo"], "--manifest", os.path.join(p["onnx"], "manifest.json"), "--lut", p["lut"]]
+    with open(p["lut"]) as f:
+        lut = json.load(f)
+    final_only = sum(s["median_ms"] for s in lut["segments"]) + lut["final"]["median_ms"]
+    out = {}
+    for label, extra in (("final-only", ["--setting", "final-only", "--max-drop", 0]),
+                         ("(i) max mIoU, <= 1x latency", ["--setting", "input-dependent", "--budget-ms", final_only]),
+                         ("(ii) min latency, <= 0.1 pp", ["--setting", "input-dependent", "--max-drop", 0.1]),
+                         ("(iii) min latency, <= 1 pp", ["--setting", "input-dependent", "--max-drop", 1.0])):
+        path = os.path.join(work, "instance_{}.json".format(len(out)))
+        cli("search", *(base + extra + ["--out", path]))
+        out[label] = path
+    return out
+
+
+def oracle(p, inst_path, drop_pp):
+    """Oracle exit policy on the test memo over the instance's exits: each image leaves at the earliest
+    selected exit whose pixel accuracy on it is >= the final exit's. Returns its mIoU and predicted cost."""
+    import numpy as np
+
+    from mess_edge.search import load_search_inputs
+    from mess_edge.search.instance import _cost_inputs, config_cost, config_from_instance
+    from mess_edge.search.memo import miou_from_stats
+
+    inputs = load_search_inputs(p["test_memo"], os.path.join(p["onnx"], "manifest.json"), p["lut"])
+    memo = inputs.memo
+    with open(inst_path) as f:
+        inst = json.load(f)
+    heads = [memo.find_head(e["exit"], e["arch"]) for e in inst["exits"]]
+    acc = np.trace(memo.confusion, axis1=2, axis2=3) / np.maximum(memo.confusion.sum((2, 3)), 1)
+    taken = np.full(memo.n_images, memo.n_heads)
+    for h in reversed(heads):
+        taken = np.where(acc[h] >= acc[memo.n_heads], h, taken)
+    stats = memo.stats(np.float64)
+    miou = float(miou_from_stats(stats[taken, np.arange(memo.n_images)].sum(0))) * 100
+    forced = dict(inst, exits=[dict(e, th_img=0.0) for e in inst["exits"]])
+    # Cost of the oracle's assignment: Table 1 with p_n = the oracle's fractions (same formula as the search).
+    config, _ = config_from_instance(memo, forced)
+    cost = float(config_cost(memo, "input-dependent", config, taken,
+                             *_cost_inputs(memo, forced, config, inputs.costs)))
+    return {"miou": miou, "predicted_ms": cost, "exit_fractions": {str(int(h)): float(np.mean(taken == h))
+                                                                   for h in heads + [memo.n_heads]}}
+
+
+MEASURE = r'''
+import json, sys, time
+import numpy as np
+sys.modules["torch"] = None  # the timing process must not load torch
+from mess_edge.runtime.ort_runner import configure_ort_threads
+configure_ort_threads(int(sys.argv[4]))
+from mess_edge.runtime.build import load_engines
+from mess_edge.runtime.chain import Chain, load_instance
+from mess_edge.runtime.camera import Preprocessor
+from mess_edge.data.voc import VocDataset
+from mess_edge.metrics import confusion_matrix, miou
+eng = load_engines(sys.argv[1]); paths = json.loads(sys.argv[2]); n = int(sys.argv[3])
+ds = VocDataset(sys.argv[5], "test")
+pre = Preprocessor(tuple(eng.manifest["input_hw"]), eng.manifest["normalization"])
+mono = eng.runner("monolithic").activate()
+chains = {k: Chain(eng, load_instance(v)).__enter__() for k, v in paths.items()}
+C = eng.manifest["num_classes"]
+conf = {k: np.zeros((C, C), np.int64) for k in list(paths) + ["monolithic"]}
+times = {k: [] for k in conf}
+exits = {k: {} for k in paths}
+import cv2
+frames = []
+for i in range(min(n, len(ds))):
+    img, lab = ds.load(i)
+    x = pre(cv2.cvtColor(img, cv2.COLOR_RGB2BGR)).copy()
+    if lab.shape != tuple(eng.manifest["input_hw"]):
+        lab = cv2.resize(lab, tuple(eng.manifest["input_hw"][::-1]), interpolation=cv2.INTER_NEAREST)
+    frames.append((x, lab))
+for x, lab in frames[:5]:  # warm-up
+    mono.infer({"image": x}); [c.run(x) for c in chains.values()]
+for rep in range(int(sys.argv[6])):
+    for i, (x, lab) in enumerate(frames):
+        order = ["monolithic"] + list(paths)
+        if (i + rep) % 2:
+            order.reverse()  # alternate the order: no configuration always runs on a warm cache
+        for k in order:
+            t0 = time.perf_counter()
+            if k == "monolithic":
+                labels = mono.infer({"image": x})["labels"][0]
+            else:
+                r = chains[k].run(x); labels = r.labels
+            times[k].append((time.perf_counter() - t0) * 1e3)
+            if rep == 0:
+                conf[k] += confusion_matrix(labels, lab, C)
+                if k != "monolithic":
+                    exits[k][str(r.graph)] = exits[k].get(str(r.graph), 0) + 1
+print(json.dumps({k: {"miou": 100 * miou(conf[k]), "mean_ms": float(np.mean(times[k])),
+                      "median_ms": float(np.median(times[k])), "n": len(times[k]),
+                      "exits": exits.get(k)} for k in conf}))
+'''
+
+
+def measure(p, instances, a):
+    r = subprocess.run([sys.executable, "-c", MEASURE, p["engines"], json.dumps(instances), str(a.n_test),
+                        str(a.threads), a.data, str(a.reps)], cwd=ROOT, capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(r.stderr[-3000:])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def run_preset(a):
+    from mess_edge.model.presets import get_preset
+
+    work = os.path.join(a.work, a.preset)
+    os.makedirs(work, exist_ok=True)
+    p = prepare(a, work)
+    instances = search_instances(p, work)
+    meas = measure(p, instances, a)
+    with open(p["lut"]) as f:
+        lut = json.load(f)
+    base_key = "monolithic" if meas["monolithic"]["mean_ms"] <= meas["final-only"]["mean_ms"] else "final-only"
+    base = meas[base_key]
+    rows = []
+    for label, path in instances.items():
+        with open(path) as f:
+            inst = json.load(f)
+        m = meas[label]
+        row = {"label": label, "exits": [e["graph"] for e in inst["exits"]], "th_pix": inst.get("th_pix"),
+               "th_img": [e.get("th_img") for e in inst["exits"]], "cal_miou": inst["calibration_miou"],
+               "test_miou": m["miou"], "mean_ms": m["mean_ms"], "median_ms": m["median_ms"],
+               "speedup": base["mean_ms"] / m["mean_ms"], "predicted_ms": inst["expected_cost"],
+               "exits_taken": m["exits"]}
+        if label.startswith("(ii)") or label.startswith("(iii)"):
+            orc = oracle(p, path, None)
+            row["oracle"] = dict(orc, predicted_speedup=inst["final_only_cost"] / orc["predicted_ms"])
+            row["predicted_speedup"] = inst["final_only_cost"] / inst["expected_cost"]
+        rows.append(row)
+    family = get_preset(a.preset).backbone
+    return {"preset": a.preset, "family": family, "baseline": dict(base, config=base_key),
+            "monolithic": meas["monolithic"], "chained_final_only": meas["final-only"],
+            "chain_overhead": meas["final-only"]["mean_ms"] / meas["monolithic"]["mean_ms"],
+            "rows": rows, "paper_targets": TARGETS[family], "lut_final_only_ms": sum(
+                s["median_ms"] for s in lut["segments"]) + lut["final"]["median_ms"]}
+
+
+def markdown(results):
+    md = ["# Early exit through the runtime (Table 2 analogue, DigitScenes test split, onnxruntime CPU)", ""]
+    for r in results:
+        b = r["baseline"]
+        md += ["## {} ({} family)".format(r["preset"], r["family"]), "",
+               "Baseline = fastest final-only configuration: {} at {:.3f} ms/frame, test mIoU {:.2f}. Chained "
+               "final-only / monolithic = {:.3f}.".format(b["config"], b["mean_ms"], b["miou"], r["chain_overhead"]),
+               "", "| instance | exits (th_img) | th_pix | cal mIoU | test mIoU | ms/frame | speedup | oracle "
+               "speedup (pred.) | paper |", "|---|---|---|---|---|---|---|---|---|"]
+        for row in r["rows"]:
+            key = "1pp" if row["label"].startswith("(iii)") else "0.1pp" if row["label"].startswith("(ii)") else None
+            md.append("| {} | {} | {} | {:.2f} | {:.2f} | {:.3f} | **{:.2f}x** | {} | {} |".format(
+                row["label"], ", ".join("{} ({})".format(g, t) for g, t in zip(row["exits"], row["th_img"])) or "-",
+                row["th_pix"], row["cal_miou"], row["test_miou"], row["mean_ms"], row["speedup"],
+                "{:.2f}x".format(row["oracle"]["predicted_speedup"]) if "oracle" in row else "-",
+                "{:.2f}x".format(r["paper_targets"][key]) if key else "-"))
+        md.append("")
+    return "\n".join(md)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", action="append", help="preset(s) to run [cpu-mbv2 and cpu-drn]")
+    p.add_argument("--stage1", default=None, help="use this stage-1 checkpoint instead of training one")
+    p.add_argument("--stage1-epochs", type=int, default=10)
+    p.add_argument("--stage2-epochs", type=int, default=2)
+    p.add_argument("--space", default="small")
+    p.add_argument("--data", default=os.path.join(ROOT, "runs", "ds128"))
+    p.add_argument("--n-test", type=int, default=500, help="test images timed per configuration")
+    p.add_argument("--reps", type=int, default=1, help="passes over the test images")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--profile-seconds", type=float, default=1.0)
+    p.add_argument("--work", default=os.path.join(ROOT, "runs", "early_exit"))
+    p.add_argument("--quick", action="store_true", help="100 test images, one preset's existing artifacts")
+    a = p.parse_args()
+    if a.quick:
+        a.n_test = 100
+    results = []
+    for preset in a.preset or ["cpu-mbv2", "cpu-drn"]:
+        results.append(run_preset(argparse.Namespace(**dict(vars(a), preset=preset))))
+    save("early_exit", {"results": results, "args": vars(a)}, markdown(results))
+
+
+if __name__ == "__main__":
+    main()
