@@ -109,7 +109,7 @@ import numpy as np
 sys.modules["torch"] = None  # the timing process must not load torch
 from mess_edge.runtime.ort_runner import configure_ort_threads
 configure_ort_threads(int(sys.argv[4]))
-from mess_edge.runtime.build import load_engines
+from mess_edge.runtime.engines import load_engines
 from mess_edge.runtime.chain import Chain, load_instance
 from mess_edge.runtime.camera import Preprocessor
 from mess_edge.data.voc import VocDataset

@@ -14,9 +14,11 @@ import pytest
 from _fixtures import make_onnx_dir
 from mess_edge.errors import MessError
 from mess_edge.runtime import timing
-from mess_edge.runtime.build import build_engines, load_engines
+from mess_edge.runtime.bench import BenchConfig, bench_engines, format_bench
+from mess_edge.runtime.build import build_engines
 from mess_edge.runtime.device import describe_device, slug
-from mess_edge.runtime.profile import BenchConfig, ProfileConfig, bench_engines, format_bench, profile_engines
+from mess_edge.runtime.engines import load_engines
+from mess_edge.runtime.profile import ProfileConfig, profile_engines
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = ProfileConfig(min_iters=7, min_seconds=0.005, warmup_s=0.0)

@@ -11,8 +11,9 @@ from onnx import TensorProto, helper
 
 from _fixtures import make_onnx_dir
 from mess_edge.errors import MessError
-from mess_edge.runtime.build import build_engines, load_engines
+from mess_edge.runtime.build import build_engines
 from mess_edge.runtime.chain import Chain, ReferenceChain
+from mess_edge.runtime.engines import load_engines
 
 E0, E0B, E1 = "head_e0_c0b0r0h0", "head_e0_c1b1r0h0", "head_e1_c1b1r0h0"
 

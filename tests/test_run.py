@@ -16,11 +16,13 @@ import pytest
 
 from _fixtures import make_onnx_dir
 from mess_edge.errors import MessError
-from mess_edge.runtime.build import build_engines, load_engines
-from mess_edge.runtime.camera import (Capture, Overlay, Preprocessor, Source, bgr_palette, preprocess_reference,
-                                      valid_frame)
+from mess_edge.runtime.build import build_engines
+from mess_edge.runtime.camera import Overlay, Preprocessor, bgr_palette, preprocess_reference
+from mess_edge.runtime.capture import Capture, Source, valid_frame
 from mess_edge.runtime.chain import ReferenceChain
-from mess_edge.runtime.run_commands import LatencyHistogram, RunConfig, run_stream
+from mess_edge.runtime.engines import load_engines
+from mess_edge.runtime.run_commands import RunConfig, run_stream
+from mess_edge.runtime.stats import LatencyHistogram
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 E0, E1 = "head_e0_c1b1r0h0", "head_e1_c1b1r0h0"

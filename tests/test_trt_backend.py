@@ -235,7 +235,7 @@ def test_int8_calibration_inputs_follow_the_chain(tmp_path):
     import onnxruntime as ort
     from PIL import Image
     from _fixtures import make_onnx_dir
-    from mess_edge.runtime.build import _graphs_in_build_order, calibration_images
+    from mess_edge.runtime.calib import _graphs_in_build_order, calibration_images
 
     onnx_dir, calib = str(tmp_path / "onnx"), tmp_path / "calib"
     manifest = make_onnx_dir(onnx_dir)
@@ -307,7 +307,7 @@ def _reference(onnx_dir, name, feed):
 @pytest.mark.gpu
 def test_trt_graphs_match_onnxruntime(trt_engines):
     import numpy as np
-    from mess_edge.runtime.build import load_engines
+    from mess_edge.runtime.engines import load_engines
     onnx_dir, eng = trt_engines
     engines = load_engines(eng)
     assert engines.sidecar["device"]["gpu"]["compute_capability"]
@@ -330,7 +330,7 @@ def test_trt_graphs_match_onnxruntime(trt_engines):
 def test_trt_chain_shares_device_buffers(trt_engines):
     import numpy as np
     from mess_edge.errors import MessError
-    from mess_edge.runtime.build import load_engines
+    from mess_edge.runtime.engines import load_engines
     onnx_dir, eng = trt_engines
     engines = load_engines(eng)
     x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
@@ -354,7 +354,7 @@ def test_trt_chain_shares_device_buffers(trt_engines):
 def test_trt_sidecar_refusal(trt_engines, tmp_path):
     import shutil
     from mess_edge.errors import MessError
-    from mess_edge.runtime.build import load_engines
+    from mess_edge.runtime.engines import load_engines
     eng = shutil.copytree(trt_engines[1], str(tmp_path / "e"))
     side = json.load(open(os.path.join(eng, "engine.json")))
     side["versions"]["tensorrt"] = "8.0.1"

@@ -8,7 +8,8 @@ TensorRT: one serialized plan per graph (explicit batch, workspace limit, FP16 /
 calibrator, optional DLA with GPU fallback), with a timing cache saved in the folder and reused.
 
 The folder gets one engine per graph, a copy of manifest.json and, written last, the sidecar engine.json
-(backend, versions, device, precision, shapes, checksums) that ``load_engines`` checks before use.
+(backend, versions, device, precision, shapes, checksums) that ``engines.load_engines`` checks before use.
+INT8 calibration inputs come from ``calib``; the folder's format constants from ``engines``.
 """
 
 import dataclasses
@@ -20,13 +21,11 @@ from typing import Optional, Tuple
 
 from mess_edge.artifacts import atomic_path, read_json, sha256_file, write_bytes_atomic, write_json_atomic
 from mess_edge.errors import MessError
+from mess_edge.runtime.calib import _graphs_in_build_order, calibration_images
 from mess_edge.runtime.device import describe_device, library_versions
+from mess_edge.runtime.engines import BACKEND_LIBRARY, FORMAT, MANIFEST, SIDECAR
 
-FORMAT = "mess-edge-engines/1"
-SIDECAR = "engine.json"
-MANIFEST = "manifest.json"
 PRECISIONS = ("fp32", "fp16", "int8")
-_LIBRARY = {"ort": "onnxruntime", "trt": "tensorrt"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +85,7 @@ def build_engines(onnx_dir, backend, precision="fp32", out_dir=None, providers=(
     """
     cfg = BuildConfig(backend, precision, tuple(providers), dla_core, calib_dir, calib_max_images,
                       calib_cache_dir, workspace_mib)
-    if backend not in _LIBRARY:
+    if backend not in BACKEND_LIBRARY:
         raise MessError("got backend {!r}; expected 'ort' or 'trt'".format(backend))
     if precision not in PRECISIONS:
         raise MessError("got precision {!r}; expected one of {}".format(precision, PRECISIONS))
@@ -200,85 +199,6 @@ def build_trt_plan(builder, onnx_path, precision, cfg, timing_cache_path, calibr
     return memoryview(plan).tobytes()
 
 
-def calibration_images(calib_dir, manifest, max_images):
-    """Up to ``max_images`` preprocessed images [1, 3, H, W] float32 from ``calib_dir`` (sorted names):
-    .npy files are taken as already preprocessed; images are resized to the manifest's input_hw and
-    normalised with its mean / std (RGB, x / scale)."""
-    import numpy as np
-
-    h, w = manifest["input_hw"]
-    norm = manifest["normalization"]
-    names = sorted(n for n in os.listdir(calib_dir) if os.path.splitext(n)[1].lower() in
-                   (".npy", ".jpg", ".jpeg", ".png", ".bmp", ".ppm")) if os.path.isdir(calib_dir) else []
-    if not names:
-        raise MessError("got no calibration images in {}; expected .jpg/.png images or preprocessed .npy "
-                        "arrays; try --calib-data DATA/JPEGImages".format(calib_dir))
-    images = []
-    for n in names[:max_images]:
-        path = os.path.join(calib_dir, n)
-        if n.lower().endswith(".npy"):
-            x = np.load(path).astype(np.float32).reshape(1, 3, h, w)
-        else:
-            from PIL import Image
-            with Image.open(path) as im:
-                rgb = np.asarray(im.convert("RGB").resize((w, h), Image.BILINEAR), dtype=np.float32)
-            x = ((rgb / norm["scale"] - np.float32(norm["mean"])) / np.float32(norm["std"]))
-            x = np.ascontiguousarray(x.transpose(2, 0, 1)[None], dtype=np.float32)
-        images.append(x)
-    return images
-
-
-def _graphs_in_build_order(manifest, images):
-    """Yield (graph, calibration feeds or None), ordered so each graph's inputs are at hand when
-    ``images`` is given: segment k, then the heads at exit k, then final, then the rest. Features of one
-    exit point at a time are computed with onnxruntime on the ONNX graphs (fp32 reference)."""
-    graphs = manifest["graphs"]
-    segments = sorted((g for g in graphs if g["role"] == "segment"), key=lambda g: g["index"])
-    run = _reference_runner() if images is not None else None
-    done, current = set(), images
-    for seg in segments:
-        name_in = seg["inputs"][0]["name"]
-        yield seg, (None if images is None else [{name_in: x} for x in current])
-        if images is not None:
-            current = [run(seg, {name_in: x})["feat"] for x in current]
-        done.add(seg["name"])
-        for g in graphs:
-            if g["role"] in ("head", "final") and (g.get("exit") == seg["index"] or (
-                    g["role"] == "final" and seg is segments[-1])):
-                yield g, _head_feeds(g, current)
-                done.add(g["name"])
-    for g in graphs:
-        if g["name"] not in done:
-            image_input = [i["name"] for i in g["inputs"]] == ["image"]
-            yield g, ([{"image": x} for x in images] if images is not None and image_input else None)
-
-
-def _head_feeds(g, features):
-    if features is None:
-        return None
-    import numpy as np
-    names = [i["name"] for i in g["inputs"]]
-    # Heads take a pixel threshold; the final graph (which ends in labels) takes the feature alone.
-    return [{n: (f if n == "feat" else np.array([0.5], np.float32)) for n in names} for f in features]
-
-
-def _reference_runner():
-    """run(graph, feed) -> outputs with onnxruntime on the CPU, to compute calibration features."""
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise MessError("got --precision int8 but onnxruntime is not installed; expected it to compute the "
-                        "calibration features of every segment; try `pip install onnxruntime`")
-    sessions = {}
-
-    def run(g, feed):
-        if g["name"] not in sessions:
-            sessions[g["name"]] = ort.InferenceSession(g["_path"], providers=["CPUExecutionProvider"])
-        outs = sessions[g["name"]].run(None, feed)
-        return {o.name: v for o, v in zip(sessions[g["name"]].get_outputs(), outs)}
-    return run
-
-
 def _build_trt(onnx_dir, manifest, out_dir, cfg, device_id, log):
     from mess_edge.runtime.trt_runner import cuda_context, import_trt, make_entropy_calibrator, trt_logger
 
@@ -318,76 +238,3 @@ def _build_trt(onnx_dir, manifest, out_dir, cfg, device_id, log):
                                                              time.perf_counter() - t0))
     order = {g["name"]: k for k, g in enumerate(manifest["graphs"])}
     return sorted(entries, key=lambda e: order[e["name"]])
-
-
-class EngineSet(object):
-    """A validated engine folder: ``sidecar``, ``manifest``, ``graphs`` (manifest order, each with the
-    sidecar's ``file``/``precision``), and ``runner(name)`` making the backend's Runner for a graph."""
-
-    def __init__(self, engine_dir, sidecar, manifest):
-        self.dir, self.sidecar, self.manifest = engine_dir, sidecar, manifest
-        self.backend, self.precision = sidecar["backend"], sidecar["precision"]
-        built = {e["name"]: e for e in sidecar["graphs"]}
-        self.graphs = []
-        for g in manifest["graphs"]:
-            merged = dict(g)
-            merged.update(file=built[g["name"]]["file"], precision=built[g["name"]]["precision"])
-            self.graphs.append(merged)
-        self._by_name = {g["name"]: g for g in self.graphs}
-
-    def graph(self, name):
-        if name not in self._by_name:
-            raise MessError("got graph {!r}; expected one of {}".format(name, sorted(self._by_name)))
-        return self._by_name[name]
-
-    def by_role(self, role):
-        """Graphs of one role ("segment", "head", "final", "upsample", "monolithic"); segments by index."""
-        found = [g for g in self.graphs if g["role"] == role]
-        return sorted(found, key=lambda g: g.get("index", 0)) if role == "segment" else found
-
-    def path(self, name):
-        return os.path.join(self.dir, self.graph(name)["file"])
-
-    def runner(self, name, **options):
-        """A fresh (inactive) Runner for graph ``name``; ``options`` go to OrtRunner / TrtRunner."""
-        if self.backend == "ort":
-            from mess_edge.runtime.ort_runner import OrtRunner
-            return OrtRunner(self.path(name), providers=self.sidecar["providers"], name=name, **options)
-        from mess_edge.runtime.trt_runner import TrtRunner
-        return TrtRunner(self.path(name), name=name, dla_core=self.sidecar.get("dla_core"), **options)
-
-
-def load_engines(engine_dir, verify_files=True):
-    """Open an engine folder after checking that it belongs to this device and these library versions.
-
-    Refuses (MessError with the rebuild command) a folder built on another device, with another version
-    of the backend library, or whose files or manifest changed since the build.
-    """
-    sidecar = read_json(os.path.join(engine_dir, SIDECAR), "engine sidecar")
-    if sidecar.get("format") != FORMAT:
-        raise MessError("got {} with format {!r}; expected {!r}; try mess-edge build ONNX_DIR --out {}".format(
-            os.path.join(engine_dir, SIDECAR), sidecar.get("format"), FORMAT, engine_dir))
-    rebuild = sidecar.get("rebuild_command", "mess-edge build ONNX_DIR --out {}".format(engine_dir))
-    backend = sidecar["backend"]
-    device = describe_device(backend, tuple(sidecar.get("providers", ("cpu",))), sidecar.get("dla_core"))
-    if device["id"] != sidecar["device"]["id"]:
-        raise MessError("engines in {} were built for device '{}'; got this device '{}'; engines are not "
-                        "portable; rebuild here: {}".format(engine_dir, sidecar["device"]["id"], device["id"],
-                                                            rebuild))
-    lib = _LIBRARY[backend]
-    built_with, here = sidecar["versions"].get(lib), library_versions(backend).get(lib)
-    if built_with != here:
-        raise MessError("engines in {} were built with {} {}; got {} {} here; rebuild here: {}".format(
-            engine_dir, lib, built_with, lib, here, rebuild))
-    manifest_path = os.path.join(engine_dir, MANIFEST)
-    manifest = read_json(manifest_path, "manifest")
-    if sha256_file(manifest_path) != sidecar["manifest_sha256"]:
-        raise MessError("{} differs from the manifest the engines were built from; rebuild: {}".format(
-            manifest_path, rebuild))
-    if verify_files:
-        for e in sidecar["graphs"]:
-            path = os.path.join(engine_dir, e["file"])
-            if not os.path.isfile(path) or sha256_file(path) != e["sha256"]:
-                raise MessError("engine file {} is missing or changed since the build; rebuild: {}".format(
-                    path, rebuild))
-    return EngineSet(engine_dir, sidecar, manifest)

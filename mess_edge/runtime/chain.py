@@ -9,6 +9,7 @@ with IOBinding (on the GPU with the CUDA/TensorRT providers), TensorRT device bu
 output to the next engine's input. Per early exit only the image confidence (one float) comes to the host,
 and the label map only for the exit taken: its upsample graph runs once, after the decision. The final
 graph (last segment, final head and upsample in one, SPEC_INTERFACES.md) hands over its label map directly.
+The two backends live in chain_backends; this module holds the decisions.
 
 Settings (instance "setting"): final-only (segments, final); budgeted (segments to the one exit, its head,
 its upsample); anytime (exits in order while the next output is predicted to land before ``deadline_ms``, then
@@ -24,6 +25,7 @@ import numpy as np
 
 from mess_edge.artifacts import read_json
 from mess_edge.errors import MessError
+from mess_edge.runtime.chain_backends import make_backend
 
 INSTANCE_FORMAT = "mess-edge-instance/1"
 SETTINGS = ("final-only", "budgeted", "anytime", "input-dependent")
@@ -124,12 +126,6 @@ def _upsample_for(engines, producer):
                     "re-exporting".format(engines.dir, producer, shape, shape[-2], shape[-1]))
 
 
-def _engine_failed(name, e):
-    first = (str(e).strip().splitlines() or [""])[0][:300]
-    return MessError("engine '{}' failed ({}: {}); expected it to run on the frame; try mess-edge build again, "
-                     "or mess-edge profile to test the engine alone".format(name, type(e).__name__, first))
-
-
 class Chain(object):
     """The early-exit executor over an EngineSet (ORT or TensorRT); a context manager like a Runner.
 
@@ -139,8 +135,7 @@ class Chain(object):
 
     def __init__(self, engines, instance, deadline_ms=None):
         self.engines, self.plan, self.deadline_ms = engines, Plan(engines, instance), deadline_ms
-        backend = _OrtBackend if engines.backend == "ort" else _TrtBackend
-        self.backend = backend(engines, self.plan)
+        self.backend = make_backend(engines, self.plan)
         self._mean_ms = {}  # graph -> running mean time, for the anytime deadline
 
     def __enter__(self):
@@ -220,133 +215,6 @@ class Chain(object):
         ahead = [plan.segments[k] for k in range(done, stop)] + [head, plan.upsample.get(head)]
         predicted = sum(self._mean_ms.get(n, 0.0) for n in ahead)
         return (time.perf_counter() - t0) * 1e3 + predicted <= self.deadline_ms
-
-
-class _OrtBackend(object):
-    """ONNX Runtime: each graph's outputs stay in OrtValues (IOBinding) that feed the next graph."""
-
-    def __init__(self, engines, plan):
-        self.plan, self.runners = plan, collections.OrderedDict((n, engines.runner(n)) for n in plan.graphs())
-        self.inputs = {}  # graph -> {input name: producer graph} for features
-        for k, name in enumerate(plan.segments[1:]):
-            self.inputs[name] = {"feat_in": plan.segments[k]}
-        for x in plan.exits:
-            self.inputs[x.graph] = {"feat": plan.segments[x.exit]}
-        self.inputs["final"] = {"feat": plan.segments[-1]}
-
-    def activate(self):
-        try:
-            for r in self.runners.values():
-                r.activate()
-        except BaseException:
-            self.deactivate()
-            raise
-        th = np.array([self.plan.th_pix], np.float32)
-        self.th = {x.graph: self.runners[x.graph].ortvalue(th) for x in self.plan.exits}
-        self.out, self.checked = {}, set()
-
-    def deactivate(self):
-        for r in reversed(list(self.runners.values())):
-            if r.is_active:
-                r.deactivate()
-
-    def _call(self, name, feed):
-        runner = self.runners[name]
-        try:
-            self.out[name] = runner.infer_ortvalues(feed, check_inputs=name not in self.checked)
-        except MessError:
-            raise
-        except Exception as e:  # onnxruntime's own error types
-            raise _engine_failed(name, e)
-        self.checked.add(name)  # the first call checks the feed; later ones reuse the same buffers
-        return self.out[name]
-
-    def run(self, name, image=None):
-        """Run graph ``name``; return what comes to the host: a head's confidence (one float), the final
-        graph's label map (int32 [H, W]), nothing for a segment."""
-        if image is not None:
-            feed = {"image": image}
-        else:
-            feed = {inp: self.out[src]["feat"] for inp, src in self.inputs[name].items()}
-        if name in self.th:
-            feed["th_pix"] = self.th[name]
-        out = self._call(name, feed)
-        if "labels" in out:
-            return np.array(out["labels"].numpy()[0])  # a copy: numpy() views the buffer the next frame reuses
-        return float(out["confidence"].numpy()[0]) if "confidence" in out else None
-
-    def labels(self, producer):
-        up = self._call(self.plan.upsample[producer], {"logits": self.out[producer]["logits"]})
-        return np.array(up["labels"].numpy()[0])
-
-
-class _TrtBackend(object):
-    """TensorRT: one stream; each input reads its producer's device buffer; each upsample engine is loaded
-    once per producer, wired to that producer's logits (TensorRT addresses are fixed per context)."""
-
-    def __init__(self, engines, plan):
-        self.engines, self.plan, self.runners = engines, plan, collections.OrderedDict()
-
-    def activate(self):
-        from mess_edge.runtime.trt_runner import cuda_context
-
-        plan = self.plan
-        with cuda_context(0) as cuda:
-            self.stream = cuda.Stream()
-        try:
-            for name in plan.segments:
-                self._add(name, name, ())
-            for x in plan.exits:
-                self._add(x.graph, x.graph, ("confidence",))
-            self._add("final", "final", ("labels",))
-            for producer, up in plan.upsample.items():
-                self._add("up:" + producer, up, ("labels",))
-            wires = [(s, "feat_in", p) for p, s in zip(plan.segments, plan.segments[1:])]
-            wires += [(x.graph, "feat", plan.segments[x.exit]) for x in plan.exits]
-            wires += [("final", "feat", plan.segments[-1])]
-            wires += [("up:" + p, "logits", p) for p in plan.upsample]
-            for dst, inp, src in wires:
-                out = "logits" if dst.startswith("up:") else "feat"
-                self.runners[dst].use_device_input(inp, self.runners[src].device_tensor(out))
-        except BaseException:
-            self.deactivate()
-            raise
-        self.th = np.array([plan.th_pix], np.float32)
-
-    def _add(self, key, graph, host_outputs):
-        r = self.engines.runner(graph, host_outputs=host_outputs, stream=self.stream)
-        self.runners[key] = r.activate()
-
-    def deactivate(self):
-        for r in reversed(list(self.runners.values())):
-            if r.is_active:
-                r.deactivate()
-        self.runners = collections.OrderedDict()
-
-    def _call(self, key, feed):
-        runner = self.runners[key]
-        try:
-            runner.enqueue(feed)
-            runner.synchronize()  # per stage: the stage times are the GPU's, and the confidence is needed now
-        except MessError:
-            raise
-        except Exception as e:  # pycuda's LogicError / MemoryError ...
-            raise _engine_failed(runner.name, e)
-        return runner
-
-    def run(self, name, image=None):
-        if image is not None:
-            self._call(name, {"image": image})
-            return None
-        if name in self.plan.segments:
-            self._call(name, {})
-            return None
-        if name == "final":
-            return np.array(self._call(name, {}).host_output("labels")[0])
-        return float(self._call(name, {"th_pix": self.th}).host_output("confidence")[0])
-
-    def labels(self, producer):
-        return np.array(self._call("up:" + producer, {}).host_output("labels")[0])
 
 
 class ReferenceChain(object):

@@ -75,7 +75,7 @@ def profile(engine_dir, out, min_iters, min_seconds, warmup_s, th_pix, threads):
 def bench(engine_dir, min_seconds, pairs, json_out, threads):
     """Latency and GMAC/s of every graph; chained final-only path vs the fastest monolithic setting."""
     from mess_edge.artifacts import write_json_atomic
-    from mess_edge.runtime.profile import BenchConfig, bench_engines, format_bench
+    from mess_edge.runtime.bench import BenchConfig, bench_engines, format_bench
 
     _own_ort_threads(threads)
     result = bench_engines(engine_dir, BenchConfig(min_seconds=min_seconds, pairs=pairs), progress=_progress)

@@ -2,12 +2,11 @@
 
 The loop (``run_stream``) fits on one screen: take the newest frame from the capture thread, preprocess into
 buffers allocated once, run the chain, overlay, write / show, record. Ctrl-C stops it cleanly: the video is
-closed (playable) and the statistics written. Only click is imported at the top: no torch on this path.
+closed (playable) and the statistics (stats.py) written. Only click is imported at the top: no torch on this path.
 """
 
 import collections
 import dataclasses
-import math
 import os
 import queue
 import signal
@@ -18,8 +17,7 @@ from typing import Optional, Tuple
 import click
 
 from mess_edge.errors import MessError
-
-STATS_FORMAT = "mess-edge-run-stats/1"
+from mess_edge.runtime.stats import RunStats, format_stats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,106 +38,6 @@ class RunConfig:
     reconnect_delays_s: Tuple[float, ...] = (0.5, 1.0, 2.0)  # live sources: waits before each reconnect attempt
     final_only_frames: int = 20            # first frames also run final-only (speedup); 0: off
     status_every_s: float = 2.0            # seconds between status lines
-
-
-class LatencyHistogram(object):
-    """A latency distribution in bounded memory (a camera may run for days): log-spaced bins from 1 us to
-    100 s, each 0.5 % wide, plus exact n, mean, min and max. ``percentile(q)`` is the bin midpoint of the
-    sample numpy's "inverted_cdf" percentile picks, clipped to [min, max]: within 0.5 % of it."""
-
-    LO_MS, HI_MS, RATIO = 1e-3, 1e5, 1.005
-
-    def __init__(self):
-        import numpy as np
-
-        self._log_ratio = math.log(self.RATIO)
-        self.counts = np.zeros(int(math.ceil(math.log(self.HI_MS / self.LO_MS) / self._log_ratio)) + 1, np.int64)
-        self.n, self.total, self.min, self.max = 0, 0.0, float("inf"), 0.0
-
-    def add(self, ms):
-        ms = float(ms)
-        i = int(math.log(max(ms, self.LO_MS) / self.LO_MS) / self._log_ratio)
-        self.counts[min(i, len(self.counts) - 1)] += 1
-        self.n, self.total = self.n + 1, self.total + ms
-        self.min, self.max = min(self.min, ms), max(self.max, ms)
-
-    def percentile(self, q):
-        import numpy as np
-
-        rank = max(1, int(math.ceil(q / 100.0 * self.n)))
-        i = int(np.searchsorted(np.cumsum(self.counts), rank))
-        mid = self.LO_MS * self.RATIO ** (i + 0.5)
-        return min(max(mid, self.min), self.max)
-
-    def summary(self):
-        if not self.n:
-            return None
-        return {"p50": self.percentile(50), "p90": self.percentile(90), "p99": self.percentile(99),
-                "mean": self.total / self.n, "min": self.min, "max": self.max, "n": self.n}
-
-
-class RunStats(object):
-    """Per-stage latency histograms, the exit histogram and the final-only comparison of one run."""
-
-    def __init__(self):
-        self.latency = collections.OrderedDict()
-        self.exits = collections.Counter()
-        self.frames, self.final_only_ms, self.paired_ms = 0, [], []
-
-    def add(self, stage, ms):
-        if stage not in self.latency:
-            self.latency[stage] = LatencyHistogram()
-        self.latency[stage].add(ms)
-
-    def frame(self, result, stage_ms):
-        self.frames += 1
-        self.exits[result.graph] += 1
-        for name, ms in result.times_ms.items():
-            self.add("inference" if name == "total" else name, ms)
-        for name, ms in stage_ms.items():
-            self.add(name, ms)
-
-    def summary(self, capture, wall_s, written):
-        lat = collections.OrderedDict((k, h.summary()) for k, h in self.latency.items())
-        mean_inf = lat["inference"]["mean"] if "inference" in lat else None
-        fo = sum(self.final_only_ms) / len(self.final_only_ms) if self.final_only_ms else None
-        paired = sum(self.paired_ms) / len(self.paired_ms) if self.paired_ms else None
-        fo_p50 = sorted(self.final_only_ms)[len(self.final_only_ms) // 2] if self.final_only_ms else None
-        inf_p50 = lat["inference"]["p50"] if "inference" in lat else None
-        return {"format": STATS_FORMAT, "frames_in": capture.frames_in, "frames": self.frames,
-                "frames_written": written, "dropped": capture.dropped + capture.unprocessed,
-                "dropped_by_capture": capture.dropped, "unprocessed_at_stop": capture.unprocessed,
-                "corrupt": capture.corrupt, "reconnects": capture.reconnects, "end_reason": capture.end_reason,
-                "exit_histogram": dict(self.exits),
-                "exit_fractions": {k: v / float(self.frames) for k, v in self.exits.items()},
-                "latency_ms": lat, "mean_inference_ms": mean_inf, "wall_s": wall_s,
-                "fps": self.frames / wall_s if wall_s > 0 else None,
-                "inference_fps": 1e3 / mean_inf if mean_inf else None,
-                "final_only": {"frames": len(self.final_only_ms), "mean_ms": fo, "instance_mean_ms": paired},
-                "speedup_vs_final_only": fo / mean_inf if fo and mean_inf else None,
-                "speedup_vs_final_only_paired": fo / paired if fo and paired else None,
-                # medians: on a shared machine a few preempted frames (10+ ms) can swamp 20-frame means
-                "speedup_vs_final_only_median": fo_p50 / inf_p50 if fo_p50 and inf_p50 else None}
-
-
-def format_stats(s):
-    """The statistics as a few printable lines."""
-    lines = ["frames {frames} processed of {frames_in} read ({dropped} dropped, {corrupt} corrupt, {reconnects} "
-             "reconnects); end: {end_reason}".format(**s),
-             "exits: " + ", ".join("{} {}".format(k, v) for k, v in sorted(s["exit_histogram"].items()))]
-    for name, row in s["latency_ms"].items():
-        if row:
-            lines.append("  {:<24} p50 {:8.3f}  p90 {:8.3f}  p99 {:8.3f}  mean {:8.3f} ms  n {}".format(
-                name, row["p50"], row["p90"], row["p99"], row["mean"], row["n"]))
-    if s["fps"] is not None and s["inference_fps"] is not None:
-        lines.append("loop {:.1f} fps vs 1 / mean inference latency {:.1f} fps ({:.3f} ms)".format(
-            s["fps"], s["inference_fps"], s["mean_inference_ms"]))
-    if s["speedup_vs_final_only"]:
-        lines.append("final-only {:.3f} ms on {} frames: speedup {:.2f}x (on those frames {:.2f}x; of medians "
-                     "{:.2f}x)".format(s["final_only"]["mean_ms"], s["final_only"]["frames"],
-                                       s["speedup_vs_final_only"], s["speedup_vs_final_only_paired"],
-                                       s["speedup_vs_final_only_median"]))
-    return "\n".join(lines)
 
 
 def _check(cfg):
@@ -189,9 +87,9 @@ def run_stream(cfg, log=None, on_frame=None):
     """Run ``cfg.instance`` on the frames of ``cfg.camera`` / ``cfg.source``; return the statistics dict
     (also written to ``cfg.stats``). ``on_frame(index, result, end_to_end_ms)`` is called after each frame.
     ORT threading is the process's: the command calls configure_ort_threads first."""
-    from mess_edge.runtime.build import load_engines
-    from mess_edge.runtime.camera import Source
+    from mess_edge.runtime.capture import Source
     from mess_edge.runtime.chain import Chain, load_instance
+    from mess_edge.runtime.engines import load_engines
 
     _check(cfg)
     log = log or (lambda line: None)
@@ -214,7 +112,8 @@ def _loop(cfg, chain, source, engines, log, on_frame):
     import numpy as np
 
     from mess_edge.artifacts import write_json_atomic
-    from mess_edge.runtime.camera import END, Capture, FrameSink, Overlay, Preprocessor
+    from mess_edge.runtime.camera import FrameSink, Overlay, Preprocessor
+    from mess_edge.runtime.capture import END, Capture
 
     pre = Preprocessor(engines.manifest["input_hw"], engines.manifest["normalization"])
     roles = {g["name"]: g["role"] for g in engines.graphs}
