@@ -197,6 +197,7 @@ def test_profile_and_build_cli(built, tmp_path):
     assert "latency table written to" in out.stdout.decode()
     lut = json.load(open(os.path.join(eng, "lut.json")))
     assert min(r["n"] for r in lut["segments"] + lut["heads"]) >= 5
+    assert lut["conditions"]["timing"].endswith("timed inside chained frames")
     from onnxruntime.capi import _pybind_state
 
     if hasattr(_pybind_state, "set_global_thread_pool_sizes"):

@@ -54,13 +54,16 @@ def build(onnx_dir, backend, precision, calib_data, calib_images, dla_core, prov
 @click.option("--warmup-s", type=float, default=0.5, show_default=True, help="Untimed seconds per graph first.")
 @click.option("--th-pix", type=float, default=0.5, show_default=True, help="Pixel threshold fed to heads.")
 @_THREADS
-def profile(engine_dir, out, min_iters, min_seconds, warmup_s, th_pix, threads):
-    """Time every graph of ENGINE_DIR alone and write the latency table (lut.json)."""
+@click.option("--alone", is_flag=True, help="ORT: time every graph alone in a loop instead of inside chained "
+              "frames (warm caches: predicts chained latency too low on CPUs).")
+def profile(engine_dir, out, min_iters, min_seconds, warmup_s, th_pix, threads, alone):
+    """Time every graph of ENGINE_DIR (inside chained frames on ORT) and write the latency table (lut.json)."""
     import os
 
     from mess_edge.runtime.profile import ProfileConfig, profile_engines
 
-    config = ProfileConfig(min_iters=min_iters, min_seconds=min_seconds, warmup_s=warmup_s, th_pix=th_pix)
+    config = ProfileConfig(min_iters=min_iters, min_seconds=min_seconds, warmup_s=warmup_s, th_pix=th_pix,
+                           in_chain=not alone)
     _own_ort_threads(threads)
     profile_engines(engine_dir, out, config, progress=_progress)
     click.echo("latency table written to {}".format(out or os.path.join(engine_dir, "lut.json")))
