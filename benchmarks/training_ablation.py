@@ -28,7 +28,7 @@ def run_seed(a, data, seed, work):
         out = os.path.join(work, "s1-{}-{}.pt".format(sched, seed))
         if not os.path.isfile(out):
             cli("train", "--preset", a.preset, "--stage", 1, "--schedule", sched, "--exits", a.exits,
-                "--epochs", a.stage1_epochs, "--out", out, *common)
+                "--input-size", a.size, "--epochs", a.stage1_epochs, "--out", out, *common)
         s1[sched] = out
     rows = {}
     for name in ("final-only", "e2e", "exit-aware"):
@@ -52,7 +52,7 @@ def stage2_cost(a, n_heads_archs, batches):
 
     torch.manual_seed(0)
     archs = [ExitArch.parse(n) for n in n_heads_archs]
-    net = MultiExitNet(a.preset, 11, None, a.cost_exits)
+    net = MultiExitNet(a.preset, 11, (a.size, a.size), a.cost_exits)
     for k in range(len(net.exit_points)):
         for arch in archs:
             net.add_exit(k, arch)
@@ -104,6 +104,7 @@ def main():
     p.add_argument("--stage2-epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--n-train", type=int, default=1000)
+    p.add_argument("--size", type=int, default=128, help="DigitScenes image size = training input size")
     p.add_argument("--n-eval", type=int, default=200)
     p.add_argument("--arch", default="c0b0r0h0", help="the uniform exit architecture of both tables")
     p.add_argument("--cost-exits", type=int, default=5, help="exit points for the 32-head cost measurement")
@@ -112,7 +113,8 @@ def main():
     a = p.parse_args()
     os.makedirs(a.work, exist_ok=True)
     data = os.path.join(a.work, "data")
-    cli("data", "digitscenes", "--out", data, "--n-train", a.n_train, "--n-cal", a.n_eval, "--n-test", a.n_eval)
+    cli("data", "digitscenes", "--out", data, "--size", a.size, "--n-train", a.n_train, "--n-cal", a.n_eval,
+        "--n-test", a.n_eval)
     seeds = [int(s) for s in a.seeds.split(",")]
     t0 = time.time()
     per_seed = [run_seed(a, data, s, a.work) for s in seeds]
@@ -137,8 +139,8 @@ def main():
                        (("CE", "ce"), ("KD", "kd"), ("SelfDistill", "selfdistill"), ("PFD (ours)", "pfd"))]
     md = ["# Training ablation (DigitScenes, {}, {} exit points, arch {}, seeds {})".format(
         a.preset, a.exits, a.arch, a.seeds), "",
-          "Test mIoU %, mean ± std over seeds; stage 1 {} epochs, stage 2 {} epochs, {} train images; "
-          "all runs {:.0f} s.".format(a.stage1_epochs, a.stage2_epochs, a.n_train, train_wall), "",
+          "Test mIoU %, mean ± std over seeds; {}x{} images; stage 1 {} epochs, stage 2 {} epochs, {} train "
+          "images; all runs {:.0f} s.".format(a.size, a.size, a.stage1_epochs, a.stage2_epochs, a.n_train, train_wall), "",
           "## Table 5 analogue: two-stage training", ""] + t5 + ["", "## Table 6 analogue: stage-2 losses on "
                                                                 "the exit-aware backbone", ""] + t6 + [
         "", "## Stage-2 cost with {} heads".format(cost["heads"]), "",

@@ -8,7 +8,6 @@ machine and test metrics.
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -28,18 +27,41 @@ def main(work="runs/demo-checkpoint"):
     wall = time.time() - t0
     ev = json.loads(subprocess.run(cli + ["eval", ckpt, "--data", data, "--split", "test", "--json"], check=True,
                                    stdout=subprocess.PIPE, text=True).stdout)
-    shutil.copyfile(ckpt, SHIPPED_STAGE1)
+    _ship_without_optimizer(ckpt, SHIPPED_STAGE1)
     with open(os.path.join(data, "digitscenes.json")) as f:
         params = json.load(f)["params"]
     write_json_atomic(SHIPPED_STAGE1 + ".json", {
-        "command": "mess-edge " + " ".join(cmd[:3] + ["<data>"] + cmd[4:]).replace(ckpt, "<out>"),
+        "command": "mess-edge train --data <data> " + " ".join(STAGE1_RECIPE) + " --out <out>",
         "data": {"generator": "mess-edge data digitscenes", "params": params},
-        "seed": 0, "train_wall_s": round(wall, 1), "machine": {"cpu": platform.processor() or platform.machine(),
-                                                               "cores": os.cpu_count()},
+        "seed": 0, "train_wall_s": round(wall, 1), "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(),
+                                                               "python": platform.python_version()},
         "test_miou": {"final": ev["final"]["miou"], "exits": [e["miou"] for e in ev["exits"]]},
         "sha256": sha256_file(SHIPPED_STAGE1), "date": time.strftime("%Y-%m-%d")})
     print("wrote {} ({:.0f} s of training); test mIoU final {:.1f}, exits {}".format(
         SHIPPED_STAGE1, wall, ev["final"]["miou"], [round(e["miou"], 1) for e in ev["exits"]]))
+
+
+def _ship_without_optimizer(src, dst):
+    """Copy a checkpoint without its optimizer state (stage 2 starts its own): a third of the size."""
+    import torch
+
+    from mess_edge.artifacts import atomic_path
+
+    ck = torch.load(src, map_location="cpu", weights_only=True)
+    ck["optimizer"] = None
+    with atomic_path(dst) as tmp:
+        torch.save(ck, tmp)
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
 
 
 if __name__ == "__main__":
