@@ -62,7 +62,7 @@ def demo_command(out_dir, from_scratch, n_train, n_eval, stage2_epochs, max_fram
         log("stage 1: using the shipped checkpoint {} (see its .json for how it was made)".format(SHIPPED_STAGE1))
     stage2 = os.path.join(out_dir, "stage2.pt")
     _cli(["train", "--data", data, "--stage", "2", "--init", stage1, "--space", "small", "--epochs",
-          stage2_epochs, "--val-images", 100, "--out", stage2], log)
+          stage2_epochs, "--loss-stride", 4, "--val-images", 100, "--out", stage2], log)
     memo = os.path.join(out_dir, "calibrate", "memo.npz")
     _cli(["calibrate", stage2, "--data", data, "--out", memo], log)
     onnx_dir = os.path.join(out_dir, "onnx")

@@ -23,6 +23,8 @@ import click
 @click.option("--loss", type=click.Choice(["pfd", "ce", "kd", "selfdistill"]), default="pfd", show_default=True,
               help="Stage 2 loss: Positive Filtering Distillation (ours) or a baseline.")
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="CE weight in pfd/selfdistill (eq. 3).")
+@click.option("--loss-stride", type=int, default=1, show_default=True,
+              help="Stage 2: compute the losses at 1/S of the label resolution (faster with many heads on a CPU).")
 @click.option("--exits", "n_exits", type=int, default=None, help="Exit points incl. the final [preset default].")
 @click.option("--input-size", type=int, default=None, help="Square input size [preset default].")
 @click.option("--epochs", type=int, default=10, show_default=True)
@@ -42,8 +44,8 @@ def train(**kw):
 
     if kw["stage"] == 2 and kw["preset"]:
         raise MessError("stage 2 takes its preset from --init; drop --preset")
-    if kw["epochs"] < 1 or kw["batch_size"] < 1:
-        raise MessError("--epochs and --batch-size must be >= 1")
+    if kw["epochs"] < 1 or kw["batch_size"] < 1 or kw["loss_stride"] < 1:
+        raise MessError("--epochs, --batch-size and --loss-stride must be >= 1")
     cfg = TrainConfig(**kw)
     metrics = run(cfg, log=click.echo)
     if metrics is None:  # a torchrun rank other than 0: rank 0 reports
