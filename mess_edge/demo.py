@@ -101,8 +101,8 @@ def _report(out_dir, heads, test, instance_path, stats_path, seconds, log):
         "E{} {:.1f} ({})".format(k + 1, e["miou"], e["name"]) for k, e in sorted(best.items())) +
         ", final {:.1f}".format(heads["final"]["miou"]))
     log("instance ({}): exits {} th_pix {} -> test mIoU {:.1f} (calibration {:.1f}), exits taken {}".format(
-        inst["setting"], ", ".join("E{} {} th_img {:.2f}".format(e["exit"] + 1, e["arch"], e["th_img"])
-                                   for e in inst["exits"]), inst.get("th_pix"), test["miou"],
+        inst["setting"], ", ".join("E{} {} th_img {:.2f}".format(
+            e["exit"] + 1, "c{crm}b{blocks}r{rdi}h{head}".format(**e["arch"]), e["th_img"]) for e in inst["exits"]), inst.get("th_pix"), test["miou"],
         inst["calibration_miou"], test.get("exit_histogram")))
     measured = stats.get("speedup_vs_final_only")
     log("expected latency {:.3f} ms vs final-only {:.3f} ms (predicted speedup {:.2f}x){}".format(
