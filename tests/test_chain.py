@@ -199,3 +199,33 @@ def test_tensorrt_chain_matches_its_reference_and_onnxruntime(engines, tmp_path)
         with Chain(engines, inst) as ort_chain:  # the same graphs on ONNX Runtime (fp32; TF32 may differ a little)
             for r, x in zip(results, xs):
                 assert np.mean(r.labels == ort_chain.run(x).labels) > 0.99
+
+
+def test_fused_stretches_equal_unfused_graphs(engines):
+    """The ORT backend fuses the segments no selected exit reads (runtime/fuse.py): same labels, fewer graphs."""
+    from mess_edge.runtime.chain import Plan
+    from mess_edge.runtime.chain_backends import OrtBackend
+
+    inst = instance("input-dependent", [(E1, 1.01)])  # exit 1 selected (never taken), the final takes all
+    plan = Plan(engines, inst)
+    fused, plain = OrtBackend(engines, plan), OrtBackend(engines, plan, fuse=False)
+    assert fused.skip == {"segment_0", "segment_2"} and plain.skip == set()  # [0, 1] | head | [2, final]
+    assert list(fused.runners) == ["segment_1", plan.exits[0].graph, "final"] + sorted(set(plan.upsample.values()))
+    final_only = OrtBackend(engines, Plan(engines, instance("final-only", [])))
+    assert list(final_only.runners) == ["final"]  # the whole network as one graph, like the monolithic one
+    for backend in (fused, plain, final_only):
+        backend.activate()
+    try:
+        for x in images(3, 11):
+            outs = []
+            for backend in (fused, plain, final_only):
+                for k, seg in enumerate(backend.plan.segments):
+                    backend.run(seg, x if k == 0 else None)
+                    if backend is not final_only and k == 1:
+                        backend.run(backend.plan.exits[0].graph)
+                outs.append(backend.run("final"))
+            np.testing.assert_array_equal(outs[0], outs[1])
+            np.testing.assert_array_equal(outs[0], outs[2])
+    finally:
+        for backend in (fused, plain, final_only):
+            backend.deactivate()

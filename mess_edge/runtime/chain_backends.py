@@ -18,6 +18,36 @@ def make_backend(engines, plan):
     return (OrtBackend if engines.backend == "ort" else TrtBackend)(engines, plan)
 
 
+def _fused_stretches(engines, plan):
+    """{graph that runs a stretch: (fused model bytes, its feature input, producer or None, folded segments)}.
+
+    Segments are cut only after an exit point some selected exit reads; the stretch after the last such
+    point is folded into the final graph. A stretch of one graph is left as it is.
+    """
+    from mess_edge.runtime.fuse import fuse_chain
+
+    read = {x.exit for x in plan.exits}
+    segs = plan.segments
+    out, start = {}, 0
+    ends = [k for k in range(len(segs)) if k in read]
+    for end in ends + [None]:  # None: the stretch that ends in the final graph
+        names = segs[start:] + ["final"] if end is None else segs[start:end + 1]
+        if len(names) > 1:
+            graphs = [engines.graph(n) for n in names]
+            first = graphs[0]["inputs"][0]["name"]
+            try:
+                model = fuse_chain([engines.path(n) for n in names], [g["inputs"][0]["name"] for g in graphs],
+                                   "labels" if end is None else "feat")
+            except MessError:
+                # Fusing is an optimisation: run this stretch unfused, where a broken engine fails by name.
+                start = (end + 1) if end is not None else start
+                continue
+            source = None if start == 0 else segs[start - 1]
+            out[names[-1]] = (model, first, source, names[:-1])
+        start = (end + 1) if end is not None else start
+    return out
+
+
 def _engine_failed(name, e):
     first = (str(e).strip().splitlines() or [""])[0][:300]
     return MessError("engine '{}' failed ({}: {}); expected it to run on the frame; try mess-edge build again, "
@@ -25,16 +55,37 @@ def _engine_failed(name, e):
 
 
 class OrtBackend(object):
-    """ONNX Runtime: each graph's outputs stay in OrtValues (IOBinding) that feed the next graph."""
+    """ONNX Runtime: each graph's outputs stay in OrtValues (IOBinding) that feed the next graph.
 
-    def __init__(self, engines, plan):
-        self.plan, self.runners = plan, collections.OrderedDict((n, engines.runner(n)) for n in plan.graphs())
+    With ``fuse`` (the default) every stretch of segments between selected exits runs as one fused graph
+    (mess_edge.runtime.fuse): a segment whose feature no exit reads does nothing when run, and the next
+    segment's (or the final graph's) fused graph starts from the last feature that was read.
+    """
+
+    def __init__(self, engines, plan, fuse=True):
+        self.plan = plan
         self.inputs = {}  # graph -> {input name: producer graph} for features
         for k, name in enumerate(plan.segments[1:]):
             self.inputs[name] = {"feat_in": plan.segments[k]}
         for x in plan.exits:
             self.inputs[x.graph] = {"feat": plan.segments[x.exit]}
         self.inputs["final"] = {"feat": plan.segments[-1]}
+        self.skip = set()  # segments folded into the next fused graph
+        self.runners = collections.OrderedDict()
+        fused = _fused_stretches(engines, plan) if fuse else {}
+        for _, _, _, folded in fused.values():
+            self.skip.update(folded)
+        for n in plan.graphs():
+            if n in self.skip:
+                continue
+            if n in fused:
+                model, first_input, source, folded = fused[n]
+                from mess_edge.runtime.ort_runner import OrtRunner
+
+                self.runners[n] = OrtRunner(model, providers=engines.sidecar["providers"], name=n + " (fused)")
+                self.inputs[n] = {} if source is None else {first_input: source}
+            else:
+                self.runners[n] = engines.runner(n)
 
     def activate(self):
         try:
@@ -66,8 +117,13 @@ class OrtBackend(object):
     def run(self, name, image=None):
         """Run graph ``name``; return what comes to the host: a head's confidence (one float), the final
         graph's label map (int32 [H, W]), nothing for a segment."""
-        if image is not None:
-            feed = {"image": image}
+        if name in self.skip:
+            if image is not None:
+                self.image = image
+            return None
+        if image is not None or (not self.inputs.get(name) and name != self.plan.segments[0] and
+                                 getattr(self, "image", None) is not None):
+            feed = {"image": image if image is not None else self.image}
         else:
             feed = {inp: self.out[src]["feat"] for inp, src in self.inputs[name].items()}
         if name in self.th:
