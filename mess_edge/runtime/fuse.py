@@ -21,6 +21,16 @@ def _rename_output(graph, old, new):
             out.name = new
 
 
+def _rename_input(graph, old, new):
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+    for inp in graph.input:
+        if inp.name == old:
+            inp.name = new
+
+
 def fuse_chain(paths, input_names, output_name):
     """One ONNX model (bytes) running the graphs at ``paths`` in order.
 
@@ -43,6 +53,9 @@ def fuse_chain(paths, input_names, output_name):
                                          outputs=[out])
             prev = out
         _rename_output(fused.graph, prev, output_name)
+        # Older onnx releases (e.g. 1.17 on Python 3.8) prefix graph inputs despite rename_inputs=False.
+        if fused.graph.input[0].name != input_names[0]:
+            _rename_input(fused.graph, fused.graph.input[0].name, input_names[0])
     except Exception as e:  # onnx raises ValueError / checker errors of several types
         raise MessError("cannot fuse graphs {}: {}; run them unfused (--no-fuse)".format(
             ", ".join(paths), str(e).splitlines()[0][:200]))
