@@ -52,7 +52,7 @@ def stage2_cost(a, n_heads_archs, batches):
 
     torch.manual_seed(0)
     archs = [ExitArch.parse(n) for n in n_heads_archs]
-    net = MultiExitNet(a.preset, 11, (a.size, a.size), a.cost_exits)
+    net = MultiExitNet(a.preset, 11, (a.cost_size, a.cost_size), a.cost_exits)
     for k in range(len(net.exit_points)):
         for arch in archs:
             net.add_exit(k, arch)
@@ -60,9 +60,11 @@ def stage2_cost(a, n_heads_archs, batches):
     net.backbone.eval()
     net.final_head.eval()
     opt = torch.optim.AdamW(net.exits.parameters(), lr=1e-3)
-    hw = net.input_hw
-    x = torch.randn(a.batch_size, 3, *hw)
-    y = torch.randint(0, 11, (a.batch_size,) + tuple(hw))
+    net.to(memory_format=torch.channels_last)
+    x = torch.randn(a.batch_size, 3, *net.input_hw).contiguous(memory_format=torch.channels_last)
+    s = a.cost_loss_stride  # the trainer's --loss-stride: losses on a coarser grid
+    y = torch.randint(0, 11, (a.batch_size,) + tuple(net.input_hw))[:, s // 2::s, s // 2::s]
+    hw = tuple(y.shape[-2:])
 
     def step(hs):
         with torch.no_grad():
@@ -85,6 +87,7 @@ def stage2_cost(a, n_heads_archs, batches):
             step([h])
     single = (time.perf_counter() - t0) / batches
     return {"heads": len(heads), "batch_size": a.batch_size, "batches_timed": batches,
+            "input_size": a.cost_size, "loss_stride": s,
             "joint_s_per_batch": joint, "one_at_a_time_s_per_batch": single,
             "joint_backbone_passes_per_batch": 1, "one_at_a_time_backbone_passes_per_batch": len(heads),
             "wall_ratio": single / joint, "passes_ratio": float(len(heads))}
@@ -109,6 +112,8 @@ def main():
     p.add_argument("--arch", default="c0b0r0h0", help="the uniform exit architecture of both tables")
     p.add_argument("--cost-exits", type=int, default=5, help="exit points for the 32-head cost measurement")
     p.add_argument("--cost-batches", type=int, default=3)
+    p.add_argument("--cost-size", type=int, default=128, help="input size of the cost measurement")
+    p.add_argument("--cost-loss-stride", type=int, default=4, help="loss stride of the cost measurement")
     p.add_argument("--work", default=os.path.join(ROOT, "runs", "ablation"))
     a = p.parse_args()
     os.makedirs(a.work, exist_ok=True)
@@ -143,7 +148,8 @@ def main():
           "images; all runs {:.0f} s.".format(a.size, a.size, a.stage1_epochs, a.stage2_epochs, a.n_train, train_wall), "",
           "## Table 5 analogue: two-stage training", ""] + t5 + ["", "## Table 6 analogue: stage-2 losses on "
                                                                 "the exit-aware backbone", ""] + t6 + [
-        "", "## Stage-2 cost with {} heads".format(cost["heads"]), "",
+        "", "## Stage-2 cost with {} heads ({}x{} input, batch {}, --loss-stride {}; per batch, so per epoch "
+            "alike)".format(cost["heads"], a.cost_size, a.cost_size, a.batch_size, cost["loss_stride"]), "",
         "| | s / batch | backbone passes / batch |", "|---|---|---|",
         "| all heads jointly | {:.3f} | 1 |".format(cost["joint_s_per_batch"]),
         "| one head at a time | {:.3f} | {} |".format(cost["one_at_a_time_s_per_batch"], cost["heads"]),
