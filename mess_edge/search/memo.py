@@ -10,6 +10,7 @@ pixels) and the column sum (predicted pixels), and all three are linear in the i
 import json
 import os
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -19,6 +20,8 @@ MEMO_FORMAT = "mess-edge-memo/1"
 POLICIES = ("edge", "raw", "mean")  # image confidence from hist_edge, hist_raw, or mean_conf (the ablations)
 ARCH_KEYS = ("crm", "blocks", "rdi", "head")
 _ARRAYS = ("confusion", "hist_edge", "hist_raw", "hist_bins", "mean_conf", "n_pixels", "head_exit", "head_arch")
+# Optional arrays of the Deep Layer Cascade baseline (mess_edge.search.lc); memos without them still load.
+LC_ARRAYS = ("lc_cover_hist", "lc_stats", "lc_th")
 
 
 def arch_dict(row):
@@ -52,9 +55,19 @@ class Memo:
     head_arch: np.ndarray  # int64 [H, 4], (crm, blocks, rdi, head)
     meta: dict = field(default_factory=dict)  # the memo's JSON metadata
     _cache: dict = field(default_factory=dict, repr=False)  # derived arrays, filled on first use
+    # Optional, per-pixel exit baseline (LC, Table 3); None in memos written before it (see mess_edge.search.lc).
+    lc_cover_hist: Optional[np.ndarray] = None  # int32 [H, I, B], window-min raw confidence over the RF radius
+    lc_stats: Optional[np.ndarray] = None  # int32 [H, I, T, 3C], per class (TP, FP, FN) of the mixed prediction
+    lc_th: Optional[np.ndarray] = None  # float64 [T], pixel thresholds of lc_stats (memo bin edges)
 
     def __post_init__(self):
         _check(self)
+        _check_lc(self)
+
+    @property
+    def has_lc(self):
+        """True when the memo carries the LC baseline's arrays."""
+        return self.lc_cover_hist is not None and self.lc_stats is not None and self.lc_th is not None
 
     @property
     def n_heads(self):
@@ -175,6 +188,24 @@ def _check(m):
             m.meta.get("num_classes"), m.meta.get("n_images"), c, i))
 
 
+def _check_lc(m):
+    """The optional LC arrays: all three or none, shapes consistent with the rest of the memo."""
+    given = [k for k in LC_ARRAYS if getattr(m, k) is not None]
+    if not given:
+        return
+    if len(given) != len(LC_ARRAYS):
+        raise MessError("got LC arrays {}; expected all of {} or none; try re-running calibrate".format(
+            ", ".join(given), ", ".join(LC_ARRAYS)))
+    h, i, c, b = m.n_heads, m.n_images, m.n_classes, m.hist_bins.shape[0] - 1
+    t = m.lc_th.shape[0] if m.lc_th.ndim == 1 else -1
+    for name, shape in (("lc_cover_hist", (h, i, b)), ("lc_stats", (h, i, t, 3 * c))):
+        if getattr(m, name).shape != shape:
+            raise MessError("got {} of shape {}; expected {} (H = {} heads, I = {} images); try re-running "
+                            "calibrate".format(name, tuple(getattr(m, name).shape), shape, h, i))
+    if np.any(m.lc_cover_hist.sum(-1) != m.n_pixels[:h]):
+        raise MessError("got lc_cover_hist counts that differ from n_pixels; expected equal; try re-running calibrate")
+
+
 def load_memo(path):
     """Read and validate a memo.npz; problems raise MessError naming the file."""
     path = os.fspath(path)
@@ -187,6 +218,7 @@ def load_memo(path):
                 raise MessError("memo {} lacks {}; expected a memo written by mess-edge calibrate; "
                                 "try re-running calibrate".format(path, ", ".join(missing)))
             arrays = {k: z[k] for k in _ARRAYS}
+            lc = {k: z[k] for k in LC_ARRAYS if k in z.files}
             meta = json.loads(str(z["meta"][()]))
     except (ValueError, OSError) as e:
         raise MessError("memo {} is not a readable npz with JSON meta ({}); try re-running calibrate".format(path, e))
@@ -195,6 +227,8 @@ def load_memo(path):
     dtypes = {"confusion": np.int64, "hist_edge": np.int64, "hist_raw": np.int64, "hist_bins": np.float64,
               "mean_conf": np.float32, "n_pixels": np.int64, "head_exit": np.int64, "head_arch": np.int64}
     arrays = {k: np.asarray(v, dtype=dtypes[k]) for k, v in arrays.items()}
+    lc_dtypes = {"lc_cover_hist": np.int64, "lc_stats": np.int64, "lc_th": np.float64}
+    arrays.update({k: np.asarray(v, dtype=lc_dtypes[k]) for k, v in lc.items()})
     try:
         return Memo(meta=meta, **arrays)
     except MessError as e:
@@ -208,5 +242,9 @@ def save_memo(path, memo):
     arrays = {k: getattr(memo, k) for k in _ARRAYS}
     arrays["hist_edge"] = arrays["hist_edge"].astype(np.int32)
     arrays["hist_raw"] = arrays["hist_raw"].astype(np.int32)
+    if memo.has_lc:
+        arrays["lc_cover_hist"] = memo.lc_cover_hist.astype(np.int32)
+        arrays["lc_stats"] = memo.lc_stats.astype(np.int32)
+        arrays["lc_th"] = memo.lc_th.astype(np.float64)
     with atomic_path(path) as tmp:
         np.savez(tmp, meta=np.array(json.dumps(memo.meta)), **arrays)
