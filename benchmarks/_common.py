@@ -26,19 +26,11 @@ def cli_json(*args):
 
 
 def conditions():
+    sys.path.insert(0, ROOT)
+    from mess_edge.runtime.device import cpu_model
+
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "python": platform.python_version(),
-            "machine": platform.machine(), "cpu": _cpu_model(), "cores": os.cpu_count()}
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+            "machine": platform.machine(), "cpu": cpu_model(), "cores": os.cpu_count()}
 
 
 def save(name, payload, markdown):

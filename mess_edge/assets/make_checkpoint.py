@@ -14,6 +14,7 @@ import time
 
 from mess_edge.artifacts import sha256_file, write_json_atomic
 from mess_edge.demo import SHIPPED_STAGE1, STAGE1_RECIPE
+from mess_edge.runtime.device import cpu_model
 
 
 def main(work="runs/demo-checkpoint"):
@@ -33,7 +34,7 @@ def main(work="runs/demo-checkpoint"):
     write_json_atomic(SHIPPED_STAGE1 + ".json", {
         "command": "mess-edge train --data <data> " + " ".join(STAGE1_RECIPE) + " --out <out>",
         "data": {"generator": "mess-edge data digitscenes", "params": params},
-        "seed": 0, "train_wall_s": round(wall, 1), "machine": {"cpu": _cpu_model(), "cores": os.cpu_count(),
+        "seed": 0, "train_wall_s": round(wall, 1), "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
                                                                "python": platform.python_version()},
         "test_miou": {"final": ev["final"]["miou"], "exits": [e["miou"] for e in ev["exits"]]},
         "sha256": sha256_file(SHIPPED_STAGE1), "date": time.strftime("%Y-%m-%d")})
@@ -51,17 +52,6 @@ def _ship_without_optimizer(src, dst):
     ck["optimizer"] = None
     with atomic_path(dst) as tmp:
         torch.save(ck, tmp)
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 if __name__ == "__main__":
