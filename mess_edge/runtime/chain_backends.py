@@ -96,7 +96,7 @@ class OrtBackend(object):
             raise
         th = np.array([self.plan.th_pix], np.float32)
         self.th = {x.graph: self.runners[x.graph].ortvalue(th) for x in self.plan.exits}
-        self.out, self.checked = {}, set()
+        self.out, self.checked, self.image = {}, set(), None
 
     def deactivate(self):
         for r in reversed(list(self.runners.values())):
@@ -117,15 +117,15 @@ class OrtBackend(object):
     def run(self, name, image=None):
         """Run graph ``name``; return what comes to the host: a head's confidence (one float), the final
         graph's label map (int32 [H, W]), nothing for a segment."""
+        if image is not None:
+            self.image = image  # read by the first graph that runs: segment_0, or the fused stretch it starts
         if name in self.skip:
-            if image is not None:
-                self.image = image
             return None
-        if image is not None or (not self.inputs.get(name) and name != self.plan.segments[0] and
-                                 getattr(self, "image", None) is not None):
-            feed = {"image": image if image is not None else self.image}
+        sources = self.inputs.get(name)
+        if sources:
+            feed = {inp: self.out[src]["feat"] for inp, src in sources.items()}
         else:
-            feed = {inp: self.out[src]["feat"] for inp, src in self.inputs[name].items()}
+            feed = {"image": self.image}
         if name in self.th:
             feed["th_pix"] = self.th[name]
         out = self._call(name, feed)

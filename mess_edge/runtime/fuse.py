@@ -11,24 +11,16 @@ fused graph. Fusing is exact: the same nodes and weights, wired output to input.
 from mess_edge.errors import MessError
 
 
-def _rename_output(graph, old, new):
+def _rename(graph, old, new):
+    """Rename tensor ``old`` to ``new`` wherever it appears: node inputs and outputs, graph inputs and outputs."""
     for node in graph.node:
-        for i, name in enumerate(node.output):
-            if name == old:
-                node.output[i] = new
-    for out in graph.output:
-        if out.name == old:
-            out.name = new
-
-
-def _rename_input(graph, old, new):
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name == old:
-                node.input[i] = new
-    for inp in graph.input:
-        if inp.name == old:
-            inp.name = new
+        for names in (node.input, node.output):
+            for i, name in enumerate(names):
+                if name == old:
+                    names[i] = new
+    for value in list(graph.input) + list(graph.output):
+        if value.name == old:
+            value.name = new
 
 
 def fuse_chain(paths, input_names, output_name):
@@ -52,10 +44,10 @@ def fuse_chain(paths, input_names, output_name):
             fused = compose.merge_models(fused, nxt, io_map=[(prev, "f{}_{}".format(j, input_names[j]))],
                                          outputs=[out])
             prev = out
-        _rename_output(fused.graph, prev, output_name)
+        _rename(fused.graph, prev, output_name)
         # Older onnx releases (e.g. 1.17 on Python 3.8) prefix graph inputs despite rename_inputs=False.
         if fused.graph.input[0].name != input_names[0]:
-            _rename_input(fused.graph, fused.graph.input[0].name, input_names[0])
+            _rename(fused.graph, fused.graph.input[0].name, input_names[0])
     except Exception as e:  # onnx raises ValueError / checker errors of several types
         raise MessError("cannot fuse graphs {}: {}; run them unfused (--no-fuse)".format(
             ", ".join(paths), str(e).splitlines()[0][:200]))

@@ -7,7 +7,6 @@ trained architectures), ``state_dict``, ``stage``, ``train_config``, ``step``, `
 Written atomically: a crash mid-write leaves the previous file.
 """
 
-import json
 import os
 
 import torch
@@ -72,6 +71,3 @@ def build_model(ckpt):
         raise MessError("checkpoint weights do not fit its own model_args: {}".format(str(e).splitlines()[0]))
     return model
 
-
-def describe(ckpt):
-    return json.dumps({k: ckpt[k] for k in ("model_args", "stage", "step") if k in ckpt})
