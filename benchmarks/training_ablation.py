@@ -7,9 +7,17 @@ Stage-2 cost: H heads trained jointly (one backbone pass per batch) vs one head 
 
     python benchmarks/training_ablation.py                      # 3 seeds, defaults below
     python benchmarks/training_ablation.py --seeds 0 --stage1-epochs 2 --n-train 300   # a quick look
+    python benchmarks/training_ablation.py --data demo/data --jobs 9 --no-cost   # on a GPU: runs in parallel
+    python benchmarks/training_ablation.py --tables-from runs/ablation/tables.json  # add the cost here
+
+The training runs are independent processes: ``--jobs N`` runs N at a time (on a GPU machine with many cores;
+on 2 CPU cores keep 1). The tables and the stage-2 cost can be measured on different machines: ``--no-cost``
+writes the tables alone, ``--tables-from`` reuses them and measures the cost where it runs.
 """
 
 import argparse
+import concurrent.futures
+import json
 import os
 import sys
 import time
@@ -21,25 +29,47 @@ from benchmarks._common import ROOT, cli, cli_json, mean_std, save  # noqa: E402
 LOSSES = ("ce", "kd", "selfdistill", "pfd")
 
 
-def run_seed(a, data, seed, work):
-    common = ["--data", data, "--batch-size", a.batch_size, "--seed", seed, "--val-images", 0]
-    s1 = {}
-    for sched in ("final-only", "e2e", "exit-aware"):
+def _pool_map(fn, items, jobs):
+    """fn over items, ``jobs`` at a time (each fn starts a subprocess, so threads suffice)."""
+    with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
+        return list(pool.map(fn, items))
+
+
+def run_all(a, data, seeds, work):
+    """Stage 1 (3 schedules), then stage 2 (Frozen + 4 losses), then evaluation, for every seed."""
+    common = ["--data", data, "--batch-size", a.batch_size, "--val-images", 0]
+
+    def s1(job):
+        sched, seed = job
         out = os.path.join(work, "s1-{}-{}.pt".format(sched, seed))
         if not os.path.isfile(out):
             cli("train", "--preset", a.preset, "--stage", 1, "--schedule", sched, "--exits", a.exits,
-                "--input-size", a.size, "--epochs", a.stage1_epochs, "--out", out, *common)
-        s1[sched] = out
-    rows = {}
-    for name in ("final-only", "e2e", "exit-aware"):
-        rows[name] = cli_json("eval", s1[name], "--data", data, "--split", "test", "--json")
-    for name, init, loss in [("frozen", "final-only", "ce")] + [("aware-" + l, "exit-aware", l) for l in LOSSES]:
+                "--input-size", a.size, "--epochs", a.stage1_epochs, "--seed", seed, "--out", out, *common)
+        return out
+
+    def s2(job):
+        name, init, loss, seed = job
         out = os.path.join(work, "s2-{}-{}.pt".format(name, seed))
         if not os.path.isfile(out):
-            cli("train", "--stage", 2, "--init", s1[init], "--space", a.arch, "--loss", loss, "--epochs",
-                a.stage2_epochs, "--out", out, *common)
-        rows[name] = cli_json("eval", out, "--data", data, "--split", "test", "--json")
-    return {k: {"final": v["final"]["miou"], "exits": [e["miou"] for e in v["exits"]]} for k, v in rows.items()}
+            cli("train", "--stage", 2, "--init", os.path.join(work, "s1-{}-{}.pt".format(init, seed)), "--space",
+                a.arch, "--loss", loss, "--epochs", a.stage2_epochs, "--seed", seed, "--out", out, *common)
+        return out
+
+    s1_jobs = [(sched, seed) for seed in seeds for sched in ("final-only", "e2e", "exit-aware")]
+    _pool_map(s1, s1_jobs, a.jobs)
+    s2_specs = [("frozen", "final-only", "ce")] + [("aware-" + l, "exit-aware", l) for l in LOSSES]
+    s2_jobs = [spec + (seed,) for seed in seeds for spec in s2_specs]
+    _pool_map(s2, s2_jobs, a.jobs)
+    evals = [(name, seed, os.path.join(work, "s1-{}-{}.pt".format(name, seed))) for seed in seeds
+             for name in ("final-only", "e2e", "exit-aware")]
+    evals += [(name, seed, os.path.join(work, "s2-{}-{}.pt".format(name, seed))) for name, _, _, seed in s2_jobs]
+    res = _pool_map(lambda e: cli_json("eval", e[2], "--data", data, "--split", "test", "--json"), evals, a.jobs)
+    per_seed = []
+    for seed in seeds:
+        rows = {name: r for (name, s, _), r in zip(evals, res) if s == seed}
+        per_seed.append({k: {"final": v["final"]["miou"], "exits": [e["miou"] for e in v["exits"]]}
+                         for k, v in rows.items()})
+    return per_seed
 
 
 def stage2_cost(a, n_heads_archs, batches):
@@ -93,6 +123,17 @@ def stage2_cost(a, n_heads_archs, batches):
             "wall_ratio": single / joint, "passes_ratio": float(len(heads))}
 
 
+def train_device(cuda=True):
+    """Where the training subprocesses ran: the GPU's name when torch sees one, else the CPU."""
+    import torch
+
+    from mess_edge.runtime.device import cpu_model
+
+    if cuda and torch.cuda.is_available():
+        return "{} (torch {})".format(torch.cuda.get_device_name(0), torch.__version__)
+    return "{} x{} (torch {})".format(cpu_model(), os.cpu_count(), torch.__version__)
+
+
 def fmt_cell(vals):
     m, s = mean_std(vals)
     return "{:.2f} ± {:.2f}".format(m, s)
@@ -115,17 +156,38 @@ def main():
     p.add_argument("--cost-size", type=int, default=128, help="input size of the cost measurement")
     p.add_argument("--cost-loss-stride", type=int, default=4, help="loss stride of the cost measurement")
     p.add_argument("--work", default=os.path.join(ROOT, "runs", "ablation"))
+    p.add_argument("--data", default=None, help="an existing DigitScenes folder (default: generate one in --work "
+                   "from --size/--n-train/--n-eval)")
+    p.add_argument("--jobs", type=int, default=1, help="training runs at a time (1 on a 2-core CPU)")
+    p.add_argument("--no-cost", action="store_true", help="skip the stage-2 cost measurement")
+    p.add_argument("--tables-from", default=None, help="reuse the tables of an earlier run (its tables.json)")
     a = p.parse_args()
-    os.makedirs(a.work, exist_ok=True)
-    data = os.path.join(a.work, "data")
-    cli("data", "digitscenes", "--out", data, "--size", a.size, "--n-train", a.n_train, "--n-cal", a.n_eval,
-        "--n-test", a.n_eval)
-    seeds = [int(s) for s in a.seeds.split(",")]
-    t0 = time.time()
-    per_seed = [run_seed(a, data, s, a.work) for s in seeds]
-    train_wall = time.time() - t0
+    if a.tables_from:
+        with open(a.tables_from) as f:
+            tables = json.load(f)
+        for k in ("preset", "exits", "arch", "seeds", "size", "stage1_epochs", "stage2_epochs", "n_train"):
+            setattr(a, k, tables["args"][k])
+    else:
+        os.makedirs(a.work, exist_ok=True)
+        data = a.data
+        if data is None:
+            data = os.path.join(a.work, "data")
+            cli("data", "digitscenes", "--out", data, "--size", a.size, "--n-train", a.n_train, "--n-cal",
+                a.n_eval, "--n-test", a.n_eval)
+        with open(os.path.join(data, "digitscenes.json")) as f:
+            params = json.load(f)["params"]
+        a.size, a.n_train = params["size"], params["n_train"]
+        seeds = [int(s) for s in a.seeds.split(",")]
+        t0 = time.time()
+        per_seed = run_all(a, data, seeds, a.work)
+        tables = {"args": dict(vars(a), data_params=params), "per_seed": per_seed, "seeds": seeds,
+                  "train_wall_s": time.time() - t0, "train_device": train_device()}
+        from mess_edge.artifacts import write_json_atomic
+
+        write_json_atomic(os.path.join(a.work, "tables.json"), tables)
+    per_seed, train_wall = tables["per_seed"], tables["train_wall_s"]
     space8 = "c0b0r0h0,c1b0r0h0,c2b0r0h0,c1b1r0h0,c1b1r1h0,c2b2r1h0,c3b1r0h1,c2b1r1h1".split(",")
-    cost = stage2_cost(a, space8, a.cost_batches)
+    cost = None if a.no_cost else stage2_cost(a, space8, a.cost_batches)
 
     n_early = a.exits - 1
     hdr = "| " + " | ".join(["method"] + ["E{}".format(i + 1) for i in range(n_early)] + ["final"]) + " |"
@@ -144,18 +206,23 @@ def main():
                        (("CE", "ce"), ("KD", "kd"), ("SelfDistill", "selfdistill"), ("PFD (ours)", "pfd"))]
     md = ["# Training ablation (DigitScenes, {}, {} exit points, arch {}, seeds {})".format(
         a.preset, a.exits, a.arch, a.seeds), "",
-          "Test mIoU %, mean ± std over seeds; {}x{} images; stage 1 {} epochs, stage 2 {} epochs, {} train "
-          "images; all runs {:.0f} s.".format(a.size, a.size, a.stage1_epochs, a.stage2_epochs, a.n_train, train_wall), "",
+          "Test mIoU %, mean ± std over seeds; {}x{} images; stage 1 {} epochs, stage 2 {} epochs, batch {}, {} "
+          "train images; all runs {:.0f} s on {}.".format(a.size, a.size, a.stage1_epochs, a.stage2_epochs,
+                                                        a.batch_size, a.n_train, train_wall,
+                                                        tables["train_device"]), "",
           "## Table 5 analogue: two-stage training", ""] + t5 + ["", "## Table 6 analogue: stage-2 losses on "
-                                                                "the exit-aware backbone", ""] + t6 + [
-        "", "## Stage-2 cost with {} heads ({}x{} input, batch {}, --loss-stride {}; per batch, so per epoch "
-            "alike)".format(cost["heads"], a.cost_size, a.cost_size, a.batch_size, cost["loss_stride"]), "",
-        "| | s / batch | backbone passes / batch |", "|---|---|---|",
-        "| all heads jointly | {:.3f} | 1 |".format(cost["joint_s_per_batch"]),
-        "| one head at a time | {:.3f} | {} |".format(cost["one_at_a_time_s_per_batch"], cost["heads"]),
-        "| ratio | **{:.1f}x** | **{}x** |".format(cost["wall_ratio"], cost["heads"])]
-    save("training_ablation", {"args": vars(a), "per_seed": per_seed, "seeds": seeds, "stage2_cost": cost,
-                               "train_wall_s": train_wall}, "\n".join(md))
+                                                                "the exit-aware backbone", ""] + t6
+    if cost:
+        md += ["", "## Stage-2 cost with {} heads ({}x{} input, batch {}, --loss-stride {}; per batch, so per epoch "
+                   "alike)".format(cost["heads"], a.cost_size, a.cost_size, a.batch_size, cost["loss_stride"]), "",
+               "| | s / batch | backbone passes / batch |", "|---|---|---|",
+               "| all heads jointly | {:.3f} | 1 |".format(cost["joint_s_per_batch"]),
+               "| one head at a time | {:.3f} | {} |".format(cost["one_at_a_time_s_per_batch"], cost["heads"]),
+               "| ratio | **{:.1f}x** | **{}x** |".format(cost["wall_ratio"], cost["heads"]),
+               "", "The cost is measured on {}.".format(train_device(cuda=False))]
+    save("training_ablation", {"args": tables["args"], "per_seed": per_seed, "seeds": tables["seeds"],
+                               "stage2_cost": cost, "train_wall_s": train_wall,
+                               "train_device": tables["train_device"]}, "\n".join(md))
 
 
 if __name__ == "__main__":

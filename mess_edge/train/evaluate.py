@@ -9,9 +9,12 @@ def evaluate_checkpoint(ckpt_path, data, split="test", max_images=None):
     from mess_edge.train.checkpoint import build_model, load_checkpoint
     from mess_edge.train.trainer import validate
 
+    import torch
+
     ckpt = load_checkpoint(ckpt_path)
     model = build_model(ckpt)
-    val = validate(model, data, split, max_images)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    val = validate(model.to(device), data, split, max_images, device)
     prof = cost_profile(model.preset_name, model.num_classes, model.input_hw,
                         archs=sorted({a for _, a in model.heads()}), n_exits=len(model.exit_points) + 1)
     gm = {(a["exit"], a["name"]): a["gmacs"] for a in prof["exit_archs"]}
