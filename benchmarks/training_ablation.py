@@ -204,6 +204,18 @@ def main():
           row("(iv) Frozen: (i) + CE exits", "frozen"), row("(v) ours: (iii) + CE exits", "aware-ce")]
     t6 = [hdr, sep] + [row(name, "aware-" + l) for name, l in
                        (("CE", "ce"), ("KD", "kd"), ("SelfDistill", "selfdistill"), ("PFD (ours)", "pfd"))]
+
+    def paired(label, key_a, key_b):
+        """Per-seed differences a - b (same seed, same backbone), mean ± std: the noise the seeds share cancels."""
+        cells = [fmt_cell([r[key_a]["exits"][i] - r[key_b]["exits"][i] for r in per_seed]) for i in range(n_early)]
+        wins = sum(all(r[key_a]["exits"][i] >= r[key_b]["exits"][i] for r in per_seed) for i in range(n_early))
+        return "| {} | {} | {}/{} exits on every seed |".format(label, " | ".join(cells), wins, n_early)
+
+    t6 += ["", "Paired differences (pp, same seed and backbone):", "", hdr.replace("final", "PFD >= on"), sep] + [
+        paired("PFD − " + name, "aware-pfd", "aware-" + l) for name, l in
+        (("CE", "ce"), ("KD", "kd"), ("SelfDistill", "selfdistill"))]
+    t5 += ["", "Paired differences (pp, same seed):", "", hdr.replace("final", "≥ on"), sep,
+           paired("(v) ours − (iv) Frozen", "aware-ce", "frozen"), paired("(ii) E2E − (v) ours", "e2e", "aware-ce")]
     md = ["# Training ablation (DigitScenes, {}, {} exit points, arch {}, seeds {})".format(
         a.preset, a.exits, a.arch, a.seeds), "",
           "Test mIoU %, mean ± std over seeds; {}x{} images; stage 1 {} epochs, stage 2 {} epochs, batch {}, {} "
