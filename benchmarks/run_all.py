@@ -24,9 +24,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
 LOGS = os.path.join(ROOT, "runs", "bench-logs")
-# Dependency order: exit_policy reads early_exit's artifacts; flops_vs_latency uses early_exit's trained cpu-drn
-# export when it is there (real mIoU for its searches), else the shared quick build.
-ORDER = ("search_speed", "lut_fidelity", "early_exit", "exit_policy", "flops_vs_latency", "soak", "training_ablation")
+# Dependency order: exit_policy and gate_overhead read early_exit's artifacts; flops_vs_latency uses early_exit's
+# trained cpu-drn export when it is there (real mIoU for its searches), else the shared quick build.
+ORDER = ("search_speed", "lut_fidelity", "early_exit", "gate_overhead", "exit_policy", "flops_vs_latency", "soak",
+         "training_ablation")
 SHARED_BUILD = ("lut_fidelity", "flops_vs_latency")  # scripts taking --work: one export serves both
 TRAINED_DRN = os.path.join(ROOT, "runs", "early_exit", "cpu-drn")
 
