@@ -13,6 +13,14 @@ speedup, as the limit.
 
 Artifacts go under runs/early_exit/<preset>/ and are reused when present. The timing runs in a process that
 never imports torch (a torch thread pool in the same process slows onnxruntime ~1.6x).
+
+Then the deployed loop itself: the (iii) instance through `mess-edge run` on a video of the test split
+(`mess-edge data video`), its fps against 1 / mean inference latency of the same run: as a camera faster than
+inference (the video at 600 fps, --realtime: newest frame wins, mp4 out), the same without output, and the
+file read frame by frame with every frame written. `--loop-only` measures just that on a preset's existing
+artifacts and instances and updates the saved results.
+
+    python benchmarks/early_exit.py --preset cpu-mbv2 --loop-only
 """
 
 import argparse
@@ -21,10 +29,11 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._common import ROOT, cli, save  # noqa: E402
+from benchmarks._common import RESULTS, ROOT, cli, save  # noqa: E402
 
 TARGETS = {"mobilenetv2": {"1pp": 1.73, "0.1pp": 1.64}, "resnet": {"1pp": 2.65, "0.1pp": 2.23}}
 
@@ -163,6 +172,73 @@ def measure(p, instances, a):
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+LOOP_MODES = (  # (label, `mess-edge run` options): capture faster than inference, then the file frame by frame
+    ("camera-like (600 fps, newest wins), mp4 out", ["--realtime", "--output"]),
+    ("camera-like (600 fps, newest wins), no output", ["--realtime"]),
+    ("file, every frame written", ["--output"]),
+)
+
+
+def measure_loop(p, instance, a, work):
+    """`mess-edge run` on a video of the test split in each LOOP_MODES mode: the loop's fps against 1 / mean
+    inference latency of the same run, frames written / not presented, frame-to-output latency."""
+    video = os.path.join(work, "test_600fps.mp4")
+    if not os.path.isfile(video):
+        cli("data", "video", "--data", a.data, "--split", "test", "--out", video, "--fps", 600)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mess-loop-") as tmp:
+        for label, opts in LOOP_MODES:
+            stats = os.path.join(tmp, "stats.json")
+            opts = [o for opt in opts for o in ([opt, os.path.join(tmp, "out.mp4")] if opt == "--output" else [opt])]
+            load = os.getloadavg()[0]
+            cli("run", instance, "--engines", p["engines"], "--source", video, "--loop", "--max-frames",
+                a.loop_frames, "--no-display", "--threads", a.threads, "--stats", stats, *opts)
+            with open(stats) as f:
+                s = json.load(f)
+            rows.append({"mode": label, "fps": s["fps"], "inference_fps": s["inference_fps"],
+                         "ratio": s["fps"] / s["inference_fps"], "frames": s["frames"], "frames_in": s["frames_in"],
+                         "dropped": s["dropped"], "frames_written": s["frames_written"],
+                         "not_presented": s["not_presented"], "end_to_end_ms": s["latency_ms"]["end_to_end"],
+                         "preprocess_ms": s["latency_ms"]["preprocess"], "load_average_1min": load})
+    return {"instance": os.path.relpath(instance, ROOT), "threads": a.threads, "rows": rows}
+
+
+def loop_markdown(r):
+    md = ["### `mess-edge run` loop, {} ({} ORT threads, {})".format(r["preset"], r["loop"]["threads"],
+                                                                    r["loop"]["instance"]), "",
+          "| mode | loop fps | 1 / mean inference | ratio | written / processed / read | frame-to-output p50 / "
+          "p90 / p99 ms | load |", "|---|---|---|---|---|---|---|"]
+    for row in r["loop"]["rows"]:
+        e = row["end_to_end_ms"]
+        md.append("| {} | {:.1f} | {:.1f} | **{:.2f}** | {} / {} / {} | {:.1f} / {:.1f} / {:.1f} | {:.1f} |".format(
+            row["mode"], row["fps"], row["inference_fps"], row["ratio"], row["frames_written"], row["frames"],
+            row["frames_in"], e["p50"], e["p90"], e["p99"], row["load_average_1min"]))
+    return md + [""]
+
+
+def loop_only(a):
+    """Measure the loop on each preset's existing artifacts and merge it into the saved results."""
+    path = os.path.join(RESULTS, "early_exit.json")
+    saved = {"results": [], "args": vars(a)}
+    if os.path.isfile(path):
+        with open(path) as f:
+            saved = json.load(f)
+    for preset in a.preset or ["cpu-mbv2"]:
+        work = os.path.join(a.work, preset)
+        p = {"engines": os.path.join(work, "engines")}
+        instance = os.path.join(work, "instance_3.json")  # (iii) min latency, <= 1 pp (search_instances' order)
+        if not os.path.isfile(instance) or not os.path.isdir(p["engines"]):
+            sys.exit("no instances or engines under {}; run without --loop-only first".format(work))
+        result = next((r for r in saved["results"] if r["preset"] == preset), None)
+        if result is None:
+            result = {"preset": preset}
+            saved["results"].append(result)
+        result["loop"] = measure_loop(p, instance, a, work)
+    if "conditions" in saved:  # save() records this run's conditions; keep those of the tables
+        saved.setdefault("table_conditions", saved.pop("conditions"))
+    save("early_exit", saved, markdown(saved["results"]))
+
+
 def run_preset(a):
     from mess_edge.model.presets import get_preset
 
@@ -171,6 +247,7 @@ def run_preset(a):
     p = prepare(a, work)
     instances = search_instances(p, work)
     meas = measure(p, instances, a)
+    loop = measure_loop(p, instances["(iii) min latency, <= 1 pp"], a, work)
     with open(p["lut"]) as f:
         lut = json.load(f)
     base_key = "monolithic" if meas["monolithic"]["mean_ms"] <= meas["final-only"]["mean_ms"] else "final-only"
@@ -195,12 +272,15 @@ def run_preset(a):
             "monolithic": meas["monolithic"], "chained_final_only": meas["final-only"],
             "chain_overhead": meas["final-only"]["mean_ms"] / meas["monolithic"]["mean_ms"],
             "rows": rows, "paper_targets": TARGETS[family], "lut_final_only_ms": sum(
-                s["median_ms"] for s in lut["segments"]) + lut["final"]["median_ms"]}
+                s["median_ms"] for s in lut["segments"]) + lut["final"]["median_ms"], "loop": loop}
 
 
 def markdown(results):
     md = ["# Early exit through the runtime (Table 2 analogue, DigitScenes test split, onnxruntime CPU)", ""]
     for r in results:
+        if "rows" not in r:
+            md += loop_markdown(r) if "loop" in r else []
+            continue
         b = r["baseline"]
         md += ["## {} ({} family)".format(r["preset"], r["family"]), "",
                "Baseline = fastest final-only configuration: {} at {:.3f} ms/frame, test mIoU {:.2f}. Chained "
@@ -215,6 +295,7 @@ def markdown(results):
                 "{:.2f}x".format(row["oracle"]["predicted_speedup"]) if "oracle" in row else "-",
                 "{:.2f}x".format(r["paper_targets"][key]) if key else "-"))
         md.append("")
+        md += loop_markdown(r) if "loop" in r else []
     return "\n".join(md)
 
 
@@ -232,7 +313,12 @@ def main():
     p.add_argument("--profile-seconds", type=float, default=1.0)
     p.add_argument("--work", default=os.path.join(ROOT, "runs", "early_exit"))
     p.add_argument("--quick", action="store_true", help="100 test images, one preset's existing artifacts")
+    p.add_argument("--loop-frames", type=int, default=3000, help="frames per `mess-edge run` loop measurement")
+    p.add_argument("--loop-only", action="store_true",
+                   help="measure only the `mess-edge run` loop on existing artifacts; update the saved results")
     a = p.parse_args()
+    if a.loop_only:
+        return loop_only(a)
     if a.quick:
         a.n_test = 100
     results = []

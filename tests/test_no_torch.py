@@ -14,7 +14,7 @@ DEVICE_MODULES = [
     "mess_edge.runtime.build", "mess_edge.runtime.calib", "mess_edge.runtime.engines", "mess_edge.runtime.profile",
     "mess_edge.runtime.bench", "mess_edge.runtime.commands", "mess_edge.runtime.chain",
     "mess_edge.runtime.chain_backends", "mess_edge.runtime.capture", "mess_edge.runtime.camera",
-    "mess_edge.runtime.stats", "mess_edge.runtime.run_commands",
+    "mess_edge.runtime.stats", "mess_edge.runtime.run_commands", "mess_edge.runtime.present",
     "mess_edge.search", "mess_edge.search.commands",
     "mess_edge.model.commands", "mess_edge.train.commands", "mess_edge.export.commands",
 ]

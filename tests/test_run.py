@@ -19,8 +19,9 @@ from mess_edge.errors import MessError
 from mess_edge.runtime.build import build_engines
 from mess_edge.runtime.camera import Overlay, Preprocessor, bgr_palette, preprocess_reference
 from mess_edge.runtime.capture import Capture, Source, valid_frame
-from mess_edge.runtime.chain import ReferenceChain
+from mess_edge.runtime.chain import FrameResult, ReferenceChain
 from mess_edge.runtime.engines import load_engines
+from mess_edge.runtime.present import Presenter
 from mess_edge.runtime.run_commands import RunConfig, run_stream
 from mess_edge.runtime.stats import LatencyHistogram
 
@@ -119,6 +120,97 @@ def test_overlay_blends_class_colours_and_keeps_background():
     np.testing.assert_allclose(out[:, 170:].reshape(-1, 3), np.broadcast_to(want, (160 * 150, 3)), atol=1)
 
 
+def overlay_reference(frame, labels, alpha=0.5, min_width=320):
+    """The plain overlay: labels to the frame's size (nearest), palette colours blended in, background kept,
+    then enlarged k times (nearest)."""
+    h, w = frame.shape[:2]
+    lab = cv2.resize(labels.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+    blend = np.round((1 - alpha) * frame + alpha * bgr_palette()[lab].astype(float))
+    blend = np.where((lab == 0)[:, :, None], frame, blend).astype(np.uint8)
+    k = max(1, -(-min_width // w))
+    return blend.repeat(k, 0).repeat(k, 1)
+
+
+def test_overlay_matches_reference_and_reuses_its_buffers():
+    rng = np.random.default_rng(2)
+    overlay = Overlay()
+    for hw, lab_hw in (((40, 48), (32, 32)), ((40, 48), (32, 32)), ((128, 128), (128, 128)), ((60, 400), (32, 32))):
+        frame = rng.integers(0, 256, hw + (3,), dtype=np.uint8)
+        labels = rng.integers(0, 5, lab_hw).astype(np.int32)
+        labels[:8] = 0
+        out = overlay(frame, labels)
+        want = overlay_reference(frame, labels)
+        assert out.shape == want.shape and np.abs(out.astype(int) - want).max() <= 1
+        assert overlay(frame, labels) is out  # allocated once per frame size
+        assert overlay(frame, labels, ["exit final", "infer 1.0 ms"]) is out and (out != want).any()  # text drawn
+
+
+class SlowSink(object):
+    """A FrameSink stand-in that takes ``delay_s`` per frame and keeps copies; ``fail_at``: raise then."""
+
+    def __init__(self, delay_s=0.0, fail_at=None):
+        self.delay_s, self.fail_at, self.frames, self.written, self.closed = delay_s, fail_at, [], 0, False
+
+    def write(self, image):
+        if self.written == self.fail_at:
+            raise MessError("disk full")
+        time.sleep(self.delay_s)
+        self.frames.append(image.copy())
+        self.written += 1
+
+    def close(self):
+        self.closed = True
+
+
+def _submit_all(presenter, n, every_s=0.0):
+    frame = np.full((8, 8, 3), 50, np.uint8)
+    for i in range(n):
+        result = FrameResult(np.full((4, 4), i % 3, np.int32), "final", "final", None, {"total": 1.0})
+        presenter.submit(i, frame, result, 100.0, time.perf_counter())
+        time.sleep(every_s)
+
+
+def test_presenter_newest_wins_skips_and_counts():
+    shown = []
+    sink = SlowSink(delay_s=0.02)
+    p = Presenter(sink, False, True, {}, threading.Event(), on_output=lambda i, ms: shown.append((i, ms)))
+    p.start()
+    _submit_all(p, 30, every_s=0.002)  # 30 results in ~60 ms, each taking the presenter 20 ms
+    p.close()
+    assert p.error is None and sink.closed
+    assert p.submitted == 30 and p.presented + p.skipped == 30 and 2 <= p.presented <= 15 and p.skipped >= 15
+    assert sink.written == p.presented == len(shown) == p.latency["end_to_end"].n
+    got = [i for i, _ in shown]
+    assert got == sorted(got) and got[0] == 0 and got[-1] == 29  # the last result is presented at close
+    assert all(ms >= 20 for _, ms in shown)  # capture to output includes the write
+
+
+def test_presenter_without_newest_wins_presents_every_result_in_order():
+    shown = []
+    sink = SlowSink(delay_s=0.005)
+    p = Presenter(sink, False, False, {}, threading.Event(), on_output=lambda i, ms: shown.append(i))
+    p.start()
+    _submit_all(p, 12)
+    p.close()
+    assert (p.presented, p.skipped, sink.written, shown) == (12, 0, 12, list(range(12)))
+    assert sink.frames[0].shape == (320, 320, 3)  # 8x8 enlarged 40x for the text
+    want = np.round(0.5 * 50 + 0.5 * bgr_palette()[1].astype(float))  # frame 1: all label 1, blended
+    assert (sink.frames[0][-1, -1] == 50).all() and np.abs(sink.frames[1][-1, -1] - want).max() <= 1
+
+
+def test_presenter_error_stops_it_and_every_result_is_still_counted():
+    for newest_wins in (True, False):
+        sink = SlowSink(delay_s=0.002, fail_at=3)
+        p = Presenter(sink, False, newest_wins, {}, threading.Event())
+        p.start()
+        t0 = time.perf_counter()
+        _submit_all(p, 10, every_s=0.02)
+        p.close()
+        assert time.perf_counter() - t0 < 5  # a dead presenter never blocks the loop
+        assert isinstance(p.error, MessError) and str(p.error) == "disk full" and sink.closed
+        assert p.presented == 3 and p.presented + p.skipped == p.submitted == 10
+
+
 def test_video_end_to_end_matches_reference_without_torch(setup, tmp_path):
     engines, video, inst_path, inst = setup
     out, stats_path = str(tmp_path / "overlay.mp4"), str(tmp_path / "stats.json")
@@ -127,12 +219,14 @@ def test_video_end_to_end_matches_reference_without_torch(setup, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     s = json.load(open(stats_path))
     assert (s["frames_in"], s["frames"], s["frames_written"], s["dropped"], s["corrupt"]) == (12, 12, 12, 0, 0)
+    assert (s["frames_presented"], s["not_presented"], s["format"]) == (12, 0, "mess-edge-run-stats/2")
     assert s["frames_in"] == s["frames_written"] + s["dropped"] + s["corrupt"]
     assert s["end_reason"] == "end of source" and s["setting"] == "input-dependent"
     with ReferenceChain(engines, inst) as ref:
         want = collections.Counter(ref.run(preprocess_reference(f, (32, 32), NORM)).graph for f in decode(video))
     assert s["exit_histogram"] == dict(want) and 0 < want[E0] < 12  # some frames leave early, some do not
-    for stage in ("preprocess", "inference", "overlay", "output", "end_to_end", "segment_0", E0, "upsample_16x16"):
+    for stage in ("preprocess", "inference", "to_result", "overlay", "output", "end_to_end", "segment_0", E0,
+                  "upsample_16x16"):
         row = s["latency_ms"][stage]
         assert 0 < row["p50"] <= row["p90"] <= row["p99"] <= row["max"] and row["n"] >= 6
     assert s["latency_ms"]["inference"]["n"] == 12 and s["mean_inference_ms"] == s["latency_ms"]["inference"]["mean"]
@@ -142,6 +236,32 @@ def test_video_end_to_end_matches_reference_without_torch(setup, tmp_path):
     frames = decode(out)
     assert len(frames) == 12 and frames[0].shape == (280, 336, 3)  # 40x48 enlarged 7x for the text
     assert "frames 12 processed of 12 read (0 dropped, 0 corrupt" in r.stdout and "speedup" in r.stdout
+    assert "presented 12 (0 not presented: the presenter was busy), written 12" in r.stdout
+
+
+def test_realtime_run_whose_presenter_falls_behind_skips_and_accounts_for_every_frame(setup, tmp_path):
+    engines, _, inst_path, _ = setup
+    video = tmp_path / "fast.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 400.0, (48, 40))
+    for i in range(120):
+        writer.write(scene(i))
+    writer.release()
+    out, stats_path, outputs, results = str(tmp_path / "o.mp4"), str(tmp_path / "s.json"), [], []
+
+    def on_output(index, ms):  # on the presenter's thread: a presenter slower than the loop
+        outputs.append((index, ms))
+        time.sleep(0.01)
+
+    s = run_stream(RunConfig(inst_path, engines.dir, source=str(video), realtime=True, output=out, display=False,
+                             stats=stats_path, final_only_frames=0),
+                   on_frame=lambda index, result, ms: results.append(index), on_output=on_output)
+    assert s["end_reason"] == "end of source" and json.load(open(stats_path))["not_presented"] == s["not_presented"]
+    assert s["frames_in"] == 120 == s["frames"] + s["dropped"] + s["corrupt"]
+    assert s["frames"] == len(results) == s["frames_presented"] + s["not_presented"] and s["not_presented"] > 0
+    assert s["frames_written"] == s["frames_presented"] == len(outputs) == len(decode(out))
+    assert s["latency_ms"]["end_to_end"]["n"] == len(outputs) and s["latency_ms"]["to_result"]["n"] == s["frames"]
+    shown = [i for i, _ in outputs]
+    assert shown == sorted(shown) and set(shown) <= set(results) and shown[-1] == results[-1]
 
 
 def test_image_folder_skips_and_counts_a_corrupt_file(setup, tmp_path):
@@ -241,23 +361,45 @@ def test_stream_that_drops_reconnects_then_ends_cleanly(setup, tmp_path):
     assert json.load(open(stats))["reconnects"] == 4
 
 
-def test_ctrl_c_stops_cleanly_with_stats_and_a_playable_video(setup, tmp_path):
+def test_a_presenter_that_fails_stops_the_run_with_its_error_and_exact_counts(setup, tmp_path):
+    engines, video, inst_path, _ = setup
+    stats = str(tmp_path / "s.json")
+
+    def on_output(index, ms):
+        if index == 2:
+            raise MessError("presenter broke")
+
+    with pytest.raises(MessError, match="presenter broke"):
+        run_stream(RunConfig(inst_path, engines.dir, source=video, output=str(tmp_path / "o.mp4"), display=False,
+                             stats=stats, final_only_frames=0), on_output=on_output)
+    s = json.load(open(stats))
+    assert s["end_reason"] == "error: presenter broke" and s["frames_presented"] == 2
+    assert s["frames"] == s["frames_presented"] + s["not_presented"] and s["frames"] >= 3
+    assert s["frames_in"] == s["frames"] + s["dropped"] + s["corrupt"]
+    assert len(decode(str(tmp_path / "o.mp4"))) == s["frames_written"] == 3  # written before the callback raised
+
+
+@pytest.mark.parametrize("realtime", [False, True])
+def test_ctrl_c_stops_cleanly_with_stats_and_a_playable_video(setup, tmp_path, realtime):
     engines, video, inst_path, _ = setup
     out, stats = str(tmp_path / "live.mp4"), str(tmp_path / "stats.json")
     code = ("import sys; sys.modules['torch'] = None\nfrom mess_edge.cli import main\n"
             "main({!r})\n").format(["run", inst_path, "--engines", engines.dir, "--source", video, "--loop",
-                                    "--output", out, "--stats", stats, "--no-display"])
+                                    "--output", out, "--stats", stats, "--no-display"] + ["--realtime"] * realtime)
     p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
     partial = str(tmp_path / ".live.partial.mp4")
     deadline = time.time() + 30
     while not os.path.exists(partial) and time.time() < deadline and p.poll() is None:
         time.sleep(0.05)
-    time.sleep(0.5)
+    time.sleep(0.5 if not realtime else 0.8)  # realtime: the 25 fps clip plays past its end
     p.send_signal(signal.SIGINT)
     stdout, stderr = p.communicate(timeout=30)
     assert p.returncode == 0, stderr[-2000:]
     s = json.load(open(stats))
     assert s["end_reason"] == "interrupted" and s["frames"] > 12  # looped past the clip's end
-    assert len(decode(out)) == s["frames_written"] == s["frames"] and not os.path.exists(partial)
+    assert len(decode(out)) == s["frames_written"] == s["frames_presented"] and not os.path.exists(partial)
+    assert s["frames"] == s["frames_presented"] + s["not_presented"]
     assert s["frames_in"] == s["frames"] + s["dropped"] + s["corrupt"]
+    if not realtime:  # a file read without drops presents every frame
+        assert s["frames_written"] == s["frames"] and s["dropped_by_capture"] == 0  # dropped: the queue at stop

@@ -26,11 +26,15 @@ class Preprocessor(object):
         scale = float(normalization.get("scale", 255.0))
         mean = np.asarray(normalization["mean"], np.float32)
         std = np.asarray(normalization["std"], np.float32)
+        a, b = (1.0 / (scale * std)).astype(np.float32), (mean / std).astype(np.float32)
+        # The input is uint8: (x / scale - mean) / std == x * a - b has 256 values per channel, so one table
+        # lookup (cv2.LUT, float32 out) replaces the colour swap, the multiply and the subtract (~5x faster).
+        # The table is indexed by the frame's B, G, R channels; the swap to RGB happens in the final copy.
         self.rgb = str(normalization.get("order", "RGB")).upper() == "RGB"
-        # (x / scale - mean) / std == x * a - b: one multiply and one subtract per pixel
-        self.a, self.b = (1.0 / (scale * std)).astype(np.float32), (mean / std).astype(np.float32)
+        order = slice(None, None, -1) if self.rgb else slice(None)
+        values = np.arange(256, dtype=np.float32)[:, None]
+        self.table = np.ascontiguousarray((values * a[order] - b[order]).astype(np.float32).reshape(256, 1, 3))
         self.resized = np.empty((h, w, 3), np.uint8)
-        self.ordered = np.empty((h, w, 3), np.uint8)
         self.work = np.empty((h, w, 3), np.float32)
         self.out = np.empty((1, 3, h, w), np.float32)
 
@@ -41,11 +45,9 @@ class Preprocessor(object):
         src = frame
         if frame.shape[:2] != (h, w):
             src = cv2.resize(frame, (w, h), dst=self.resized, interpolation=cv2.INTER_LINEAR)
-        if self.rgb:
-            src = cv2.cvtColor(src, cv2.COLOR_BGR2RGB, dst=self.ordered)
-        np.multiply(src, self.a, out=self.work)
-        np.subtract(self.work, self.b, out=self.work)
-        np.copyto(self.out[0], self.work.transpose(2, 0, 1))
+        cv2.LUT(src, self.table, dst=self.work)
+        chw = self.work.transpose(2, 0, 1)
+        np.copyto(self.out[0], chw[::-1] if self.rgb else chw)
         return self.out
 
 
@@ -76,35 +78,55 @@ def bgr_palette():
 class Overlay(object):
     """The frame with the class colours blended in (alpha 0.5, background left as is) and text lines.
 
-    Frames narrower than ``min_width`` px are enlarged by an integer factor (nearest) first so the text stays
-    readable. Buffers are reused while the frame size stays the same."""
+    The blend runs at the frame's own resolution (label map resized to it, nearest; colours from a cv2.LUT
+    table); frames narrower than ``min_width`` px are then enlarged by an integer factor (nearest) so the text
+    stays readable. Buffers are allocated once per frame size: nothing is allocated per frame. The returned
+    image is overwritten by the next call."""
 
     def __init__(self, alpha=0.5, min_width=320):
-        self.alpha, self.min_width, self.palette = float(alpha), int(min_width), bgr_palette()
+        self.alpha, self.min_width = float(alpha), int(min_width)
+        self.table = np.ascontiguousarray(bgr_palette().reshape(256, 1, 3))  # label -> BGR, per channel
         self._size = None
 
+    def _buffers(self, frame_hw, labels_hw):
+        if self._size == (frame_hw, labels_hw):
+            return
+        (h, w), k = frame_hw, max(1, int(math.ceil(self.min_width / float(frame_hw[1]))))
+        self._size, self.k = (frame_hw, labels_hw), k
+        self.small = np.empty(labels_hw, np.uint8)        # the label map as uint8
+        self.labels = np.empty((h, w), np.uint8)          # ... at the frame's size
+        self.labels3 = np.empty((h, w, 3), np.uint8)      # ... in three channels, for the LUT
+        self.colour = np.empty((h, w, 3), np.uint8)
+        self.background = np.empty((h, w), np.uint8)      # 255 where the label is 0
+        self.blend = np.empty((h, w, 3), np.uint8)
+        self.out = np.empty((h * k, w * k, 3), np.uint8) if k > 1 else self.blend
+
     def __call__(self, frame, labels, lines=()):
+        """``frame`` BGR uint8 [h, w, 3]; ``labels`` integer [H, W] class ids (< 256); ``lines`` text lines.
+        Returns BGR uint8 [h * k, w * k, 3]."""
         import cv2
 
-        k = max(1, int(math.ceil(self.min_width / float(frame.shape[1]))))
-        h, w = frame.shape[0] * k, frame.shape[1] * k
-        if self._size != (h, w):
-            self._size = (h, w)
-            self.base, self.out = np.empty((h, w, 3), np.uint8), np.empty((h, w, 3), np.uint8)
-            self.labels, self.colour = np.empty((h, w), np.uint8), np.empty((h, w, 3), np.uint8)
-        base = cv2.resize(frame, (w, h), dst=self.base, interpolation=cv2.INTER_NEAREST) if k > 1 else frame
-        small = np.asarray(labels).astype(np.uint8, copy=False)
-        lab = cv2.resize(small, (w, h), dst=self.labels, interpolation=cv2.INTER_NEAREST)
-        colour = np.take(self.palette, lab, axis=0, out=self.colour)
-        cv2.addWeighted(base, 1.0 - self.alpha, colour, self.alpha, 0.0, dst=self.out)
-        np.copyto(self.out, base, where=(lab == 0)[:, :, None])  # background keeps the scene visible
-        scale = max(0.35, w / 900.0)
+        h, w = frame.shape[:2]
+        self._buffers((h, w), tuple(labels.shape))
+        np.copyto(self.small, labels, casting="unsafe")
+        lab = self.small
+        if lab.shape != (h, w):
+            lab = cv2.resize(lab, (w, h), dst=self.labels, interpolation=cv2.INTER_NEAREST)
+        cv2.merge([lab, lab, lab], dst=self.labels3)
+        cv2.LUT(self.labels3, self.table, dst=self.colour)
+        cv2.addWeighted(frame, 1.0 - self.alpha, self.colour, self.alpha, 0.0, dst=self.blend)
+        cv2.compare(lab, 0, cv2.CMP_EQ, dst=self.background)
+        cv2.copyTo(frame, self.background, self.blend)  # background keeps the scene visible
+        out = self.blend
+        if self.k > 1:
+            out = cv2.resize(self.blend, (w * self.k, h * self.k), dst=self.out, interpolation=cv2.INTER_NEAREST)
+        scale = max(0.35, out.shape[1] / 900.0)
         step = int(22 * scale / 0.6)
         for i, line in enumerate(lines):
             y = step * (i + 1)
-            cv2.putText(self.out, line, (5, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
-            cv2.putText(self.out, line, (5, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
-        return self.out
+            cv2.putText(out, line, (5, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
+            cv2.putText(out, line, (5, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+        return out
 
 
 class FrameSink(object):

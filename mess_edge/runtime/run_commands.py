@@ -1,8 +1,9 @@
 """``mess-edge run``: an instance on a camera, a file or a stream; overlay out; statistics at the end.
 
 The loop (``run_stream``) fits on one screen: take the newest frame from the capture thread, preprocess into
-buffers allocated once, run the chain, overlay, write / show, record. Ctrl-C stops it cleanly: the video is
-closed (playable) and the statistics (stats.py) written. Only click is imported at the top: no torch on this path.
+buffers allocated once, run the chain, hand the result to the presenter thread (overlay, write / show:
+present.py), record. Ctrl-C stops it cleanly: the video is closed (playable) and the statistics (stats.py)
+written. Only click is imported at the top: no torch on this path.
 """
 
 import collections
@@ -65,27 +66,11 @@ def _sigint_stops(stop):
     return signal.signal(signal.SIGINT, handler)
 
 
-_SHORT = {"segment": "seg", "upsample": "up"}
-
-
-def _lines(result, roles, fps):
-    by_role = collections.OrderedDict()
-    for name, ms in result.times_ms.items():
-        role = roles.get(name)
-        if role:
-            by_role[role] = by_role.get(role, 0.0) + ms
-    if result.exit == "final":
-        head = "exit final"  # the final graph computes no confidence: nothing decides after it
-    else:
-        head = "exit E{} {}  conf {:.2f}".format(result.exit + 1, result.graph, result.confidence)
-    return [head,
-            "  ".join("{} {:.1f}".format(_SHORT.get(r, r), ms) for r, ms in by_role.items()) + " ms",
-            "infer {:.1f} ms  {:.1f} fps".format(result.times_ms["total"], fps)]
-
-
-def run_stream(cfg, log=None, on_frame=None):
+def run_stream(cfg, log=None, on_frame=None, on_output=None):
     """Run ``cfg.instance`` on the frames of ``cfg.camera`` / ``cfg.source``; return the statistics dict
-    (also written to ``cfg.stats``). ``on_frame(index, result, end_to_end_ms)`` is called after each frame.
+    (also written to ``cfg.stats``). ``on_frame(index, result, to_result_ms)`` is called on the loop's thread
+    after each frame's inference (capture to label map); ``on_output(index, end_to_end_ms)`` after each frame's
+    output (capture to written / shown), on the presenter's thread when there is an output or a window.
     ORT threading is the process's: the command calls configure_ort_threads first."""
     from mess_edge.runtime.capture import Source
     from mess_edge.runtime.chain import Chain, load_instance
@@ -103,31 +88,34 @@ def run_stream(cfg, log=None, on_frame=None):
     with chain:
         try:
             source.open()
-            return _loop(cfg, chain, source, engines, log, on_frame)
+            return _loop(cfg, chain, source, engines, log, on_frame, on_output)
         finally:
             source.close()
 
 
-def _loop(cfg, chain, source, engines, log, on_frame):
+def _loop(cfg, chain, source, engines, log, on_frame, on_output):
     import numpy as np
 
     from mess_edge.artifacts import write_json_atomic
-    from mess_edge.runtime.camera import FrameSink, Overlay, Preprocessor
+    from mess_edge.runtime.camera import FrameSink, Preprocessor
     from mess_edge.runtime.capture import END, Capture
+    from mess_edge.runtime.present import Presenter
 
     pre = Preprocessor(engines.manifest["input_hw"], engines.manifest["normalization"])
-    roles = {g["name"]: g["role"] for g in engines.graphs}
     drops = source.live or cfg.realtime
     capture = Capture(source, cfg.queue_size or (1 if source.live else 2), newest_wins=drops, pace_fps=(source.fps or 30.0) if (
         cfg.realtime and not source.live) else None, max_frames=None if drops else cfg.max_frames,
         reconnect_delays_s=cfg.reconnect_delays_s)
     show = cfg.display and bool(os.environ.get("DISPLAY"))
-    stats, overlay, sink, stop = RunStats(), Overlay(), None, threading.Event()
+    stats, presenter, stop = RunStats(), None, threading.Event()
     fps, t_prev, t_status, wall0, aside, error = 0.0, None, time.perf_counter(), time.perf_counter(), 0.0, None
-    chain.warm_up(np.zeros(pre.out.shape, np.float32))
+    chain.warm_up(pre(np.zeros(tuple(pre.hw) + (3,), np.uint8)))  # cv2's pool, if any, starts on this thread
     previous = _sigint_stops(stop)
     try:
-        sink = FrameSink(cfg.output, source.fps) if cfg.output else None
+        if cfg.output or show:  # overlay, window and writer run on their own thread (present.py)
+            presenter = Presenter(FrameSink(cfg.output, source.fps) if cfg.output else None, show, drops,
+                                  {g["name"]: g["role"] for g in engines.graphs}, stop, on_output)
+            presenter.start()
         capture.start()
         wall0 = time.perf_counter()
         while not stop.is_set():
@@ -145,30 +133,28 @@ def _loop(cfg, chain, source, engines, log, on_frame):
             t2 = time.perf_counter()
             rate = 1.0 / max(t2 - t_prev, 1e-9) if t_prev else 0.0
             fps, t_prev = (0.9 * fps + 0.1 * rate) if fps else rate, t2
-            image = overlay(frame, result.labels, _lines(result, roles, fps))
-            t3 = time.perf_counter()
-            if sink is not None:
-                sink.write(image)
-            if show:
-                import cv2
-                cv2.imshow("mess-edge", image)
-                if cv2.waitKey(1) & 0xFF in (27, ord("q")):
-                    stop.set()
-            t4 = time.perf_counter()
-            stats.frame(result, collections.OrderedDict([
-                ("preprocess", (t1 - t0) * 1e3), ("overlay", (t3 - t2) * 1e3), ("output", (t4 - t3) * 1e3),
-                ("end_to_end", (t4 - t_cap) * 1e3)]))
+            if presenter is not None:
+                presenter.submit(index, frame, result, fps, t_cap)
+            stage_ms = collections.OrderedDict([("preprocess", (t1 - t0) * 1e3), ("to_result", (t2 - t_cap) * 1e3)])
+            if presenter is None:  # nothing to present: the result is the output
+                stage_ms["end_to_end"] = stage_ms["to_result"]
+                if on_output is not None:
+                    on_output(index, stage_ms["to_result"])
+            stats.frame(result, stage_ms)
             if on_frame is not None:
-                on_frame(index, result, (t4 - t_cap) * 1e3)
-            if stats.frames <= cfg.final_only_frames:  # after the frame's output: not in its latency
+                on_frame(index, result, stage_ms["to_result"])
+            if presenter is not None and presenter.error is not None:  # this frame is counted: stop now
+                raise presenter.error
+            if stats.frames <= cfg.final_only_frames:  # after the frame's result: not in its latency
+                t3 = time.perf_counter()
                 stats.final_only_ms.append(chain.run_final_only(x).times_ms["total"])
                 stats.paired_ms.append(result.times_ms["total"])
-                aside += time.perf_counter() - t4  # nor in the loop's wall time
-            if t4 - t_status >= cfg.status_every_s:
-                t_status = t4
-                log("frame {:>6}  {:6.1f} fps  infer {:7.3f} ms  exits {}  dropped {}  corrupt {}".format(
-                    stats.frames, fps, result.times_ms["total"], dict(stats.exits), capture.dropped,
-                    capture.corrupt))
+                aside += time.perf_counter() - t3  # nor in the loop's wall time
+            if t2 - t_status >= cfg.status_every_s:
+                t_status = t2
+                log("frame {:>6}  {:6.1f} fps  infer {:7.3f} ms  exits {}  dropped {}  corrupt {}  not presented {}"
+                    .format(stats.frames, fps, result.times_ms["total"], dict(stats.exits), capture.dropped,
+                            capture.corrupt, presenter.skipped if presenter else 0))
             if cfg.max_frames is not None and stats.frames >= cfg.max_frames:
                 break
     except BaseException as e:
@@ -177,18 +163,16 @@ def _loop(cfg, chain, source, engines, log, on_frame):
     finally:
         wall = time.perf_counter() - wall0 - aside
         capture.stop()
-        if sink is not None:
-            sink.close()
-        if show:
-            import cv2
-            cv2.destroyAllWindows()
+        if presenter is not None:
+            presenter.close()  # presents the waiting result, closes the video (playable) and the window
+            error = error or presenter.error
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
         if stop.is_set():
             capture.end_reason = "interrupted"
         if error is not None:
             capture.end_reason = "error: {}".format(str(error).splitlines()[0] if str(error) else type(error).__name__)
-        summary = stats.summary(capture, wall, sink.written if sink else 0)
+        summary = stats.summary(capture, wall, presenter)
         summary.update(source=str(source.spec), instance=cfg.instance,
                        engines=cfg.engines, setting=chain.plan.setting, backend=engines.backend,
                        deadline_ms=cfg.deadline_ms, display=show, output=cfg.output)
@@ -196,6 +180,8 @@ def _loop(cfg, chain, source, engines, log, on_frame):
             write_json_atomic(cfg.stats, summary)
     if capture.error is not None:
         raise capture.error
+    if presenter is not None and presenter.error is not None:
+        raise presenter.error
     return summary
 
 

@@ -1,11 +1,11 @@
 """Statistics of one ``mess-edge run``: per-stage latency histograms in bounded memory, the exit histogram,
-the final-only comparison, and the summary dict (format mess-edge-run-stats/1) with its printable lines.
+the final-only comparison, and the summary dict (format mess-edge-run-stats/2) with its printable lines.
 """
 
 import collections
 import math
 
-STATS_FORMAT = "mess-edge-run-stats/1"
+STATS_FORMAT = "mess-edge-run-stats/2"
 
 
 class LatencyHistogram(object):
@@ -65,15 +65,23 @@ class RunStats(object):
         for name, ms in stage_ms.items():
             self.add(name, ms)
 
-    def summary(self, capture, wall_s, written):
+    def summary(self, capture, wall_s, presenter=None):
+        """The summary dict; ``capture`` a capture.Capture, stopped; ``presenter`` a present.Presenter, closed,
+        or None when nothing was presented (no output, no window)."""
         lat = collections.OrderedDict((k, h.summary()) for k, h in self.latency.items())
+        if presenter is not None:
+            lat.update((k, h.summary()) for k, h in presenter.latency.items() if h.n)
         mean_inf = lat["inference"]["mean"] if "inference" in lat else None
         fo = sum(self.final_only_ms) / len(self.final_only_ms) if self.final_only_ms else None
         paired = sum(self.paired_ms) / len(self.paired_ms) if self.paired_ms else None
         fo_p50 = sorted(self.final_only_ms)[len(self.final_only_ms) // 2] if self.final_only_ms else None
         inf_p50 = lat["inference"]["p50"] if "inference" in lat else None
         return {"format": STATS_FORMAT, "frames_in": capture.frames_in, "frames": self.frames,
-                "frames_written": written, "dropped": capture.dropped + capture.unprocessed,
+                # frames_in == frames + dropped + corrupt; frames == presented + not_presented when presenting
+                "frames_written": presenter.sink.written if presenter is not None and presenter.sink else 0,
+                "frames_presented": presenter.presented if presenter is not None else 0,
+                "not_presented": presenter.skipped if presenter is not None else 0,
+                "dropped": capture.dropped + capture.unprocessed,
                 "dropped_by_capture": capture.dropped, "unprocessed_at_stop": capture.unprocessed,
                 "corrupt": capture.corrupt, "reconnects": capture.reconnects, "end_reason": capture.end_reason,
                 "exit_histogram": dict(self.exits),
@@ -92,6 +100,8 @@ def format_stats(s):
     """The statistics as a few printable lines."""
     lines = ["frames {frames} processed of {frames_in} read ({dropped} dropped, {corrupt} corrupt, {reconnects} "
              "reconnects); end: {end_reason}".format(**s),
+             "presented {frames_presented} ({not_presented} not presented: the presenter was busy), written "
+             "{frames_written}".format(**s),
              "exits: " + ", ".join("{} {}".format(k, v) for k, v in sorted(s["exit_histogram"].items()))]
     for name, row in s["latency_ms"].items():
         if row:
