@@ -3,6 +3,7 @@ real export: Spearman against a plain loop, Table 1 predictions of forced paths 
 hand-made latency table, and the runner's bookkeeping."""
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -102,6 +103,31 @@ def test_forced_paths_predict_the_hand_sums():
     assert lf.predict(memo, costs, anytime) == pytest.approx(1.0 + 0.5 + 2.0 + head_ms[a] + head_ms[b] + 4.0)
 
 
+def test_forced_paths_price_fused_stretches_from_the_table():
+    """With lut "stretches" the prediction reads the fused graphs the chain runs, not the sums of their pieces."""
+    memo, _, head_ms = hand_made()
+    at = lambda p, k: int(np.flatnonzero(memo.head_exit == p)[k])  # noqa: E731
+    lut_costs = hand_made()[1]
+    fused = dataclasses.replace(lut_costs, stretches=((0, 3, 6.0), (0, 1, 1.25), (1, 3, 5.5)))
+    assert lf.predict(memo, fused, lf.make_instance(memo, [], "final-only")) == 6.0  # not 7.5
+    h = at(1, 0)
+    budgeted = lf.make_instance(memo, [h], "budgeted", final=False)  # graphs 0..1 fused
+    assert lf.predict(memo, fused, budgeted) == pytest.approx(1.25 + head_ms[h] + UP)
+    a = at(0, 1)
+    anytime = lf.make_instance(memo, [a], "anytime")  # segment 0 | head | segments 1, 2 + final fused
+    assert lf.predict(memo, fused, anytime) == pytest.approx(1.0 + head_ms[a] + 5.5)
+
+
+def test_stage_keys_name_the_fused_stretches_a_chain_ran():
+    from types import SimpleNamespace as NS
+
+    plan = NS(segments=["segment_0", "segment_1", "segment_2"], exits=[NS(exit=1)])
+    chain = NS(plan=plan, backend=NS(skip={"segment_0", "segment_2"}))  # [0, 1] | head | [2, final]
+    assert lf.stage_keys(chain) == {"segment_0": None, "segment_2": None, "segment_1": (0, 1), "final": (2, 3)}
+    plan.exits = [NS(exit=0), NS(exit=1), NS(exit=2)]  # every feature read: nothing fused
+    assert lf.stage_keys(NS(plan=plan, backend=NS(skip=set()))) == {}
+
+
 def test_input_dependent_prediction_is_the_mean_of_the_paths_taken():
     memo, costs, head_ms = hand_made()
     a, b = int(np.flatnonzero(memo.head_exit == 0)[0]), int(np.flatnonzero(memo.head_exit == 2)[0])
@@ -133,6 +159,43 @@ def test_synthetic_accuracy_keeps_the_heads_and_images():
     np.testing.assert_array_equal(syn.head_arch, memo.head_arch)
     assert syn.confusion.shape == memo.confusion.shape and syn.meta["accuracy"] == "synthetic"
     assert syn.head_miou()[-1] > syn.head_miou()[0]  # the final exit beats the shallowest head
+
+
+def test_build_reruns_only_what_is_stale(tmp_path, monkeypatch):
+    """A built stage is skipped; a table without "stretches", or --reprofile, runs the profile again (only it)."""
+    ran = []
+
+    def fake_cli(*args):
+        ran.append(args[0])
+        if args[0] == "profile":
+            with open(os.path.join(args[1], "lut.json"), "w") as f:
+                json.dump({"stretches": []}, f)
+        else:  # create the stage's output
+            out = {"data": "data/digitscenes.json", "train": args[-1], "export": "onnx/manifest.json",
+                   "calibrate": "memo.npz", "build": "engines/engine.json"}[args[0]]
+            path = out if os.path.isabs(out) else os.path.join(str(tmp_path), out)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            open(path, "w").close()
+
+    monkeypatch.setattr(lf, "cli", fake_cli)
+    build = lambda **kw: lf.build_artifacts(str(tmp_path), log=lambda *a: None, **kw)  # noqa: E731
+    art = build()
+    assert ran == ["data", "train", "train", "export", "calibrate", "build", "profile"]
+    assert art.lut_path == os.path.join(str(tmp_path), "engines", "lut.json")
+    del ran[:]
+    build()
+    assert ran == []
+    build(redo=("profile",))
+    assert ran == ["profile"]
+    with open(art.lut_path, "w") as f:
+        json.dump({"segments": []}, f)  # a table from before stretches were profiled
+    build()
+    assert ran == ["profile", "profile"]
+
+
+def test_presets_run_apart_with_the_other_options():
+    argv = ["--preset", "cpu-drn", "--threads", "1", "--preset=cpu-mbv2", "--quick", "--preset", "cpu-mbv2"]
+    assert lf.without_option(argv, "--preset") == ["--threads", "1", "--quick"]
 
 
 def test_artifact_options_must_come_together():

@@ -148,7 +148,9 @@ def test_profile_writes_the_lut(built, tmp_path):
     seen = []
     lut = profile_engines(eng, out, FAST, progress=lambda i, n, name, s: seen.append((i, n, name)))
     assert json.load(open(out)) == lut
-    assert seen[0] == (1, 10, "segment_0") and seen[-1] == (10, 10, "monolithic")
+    assert seen[0] == (1, 13, "segment_0") and seen[9] == (10, 13, "monolithic")
+    assert [name for _, _, name in seen[10:]] == ["segment_0+segment_1", "segment_0+segment_1+final",
+                                                  "segment_1+final"]
     stat_keys = {"median_ms", "mean_ms", "p90_ms", "p99_ms", "std_ms", "min_ms", "max_ms", "n", "name"}
     assert lut["format"] == "mess-edge-lut/1" and lut["backend"] == "ort" and lut["precision"] == "fp32"
     assert lut["input_size"] == [32, 32] and lut["device"]["id"] == describe_device("ort")["id"]
@@ -159,6 +161,11 @@ def test_profile_writes_the_lut(built, tmp_path):
     assert lut["final"]["name"] == "final" and lut["monolithic"]["name"] == "monolithic"
     assert lut["upsample"]["name"] == "upsample_16x16"  # the early heads' resolution (the final has its own)
     assert [u["name"] for u in lut["upsamples"]] == ["upsample_16x16", "upsample_8x8"]
+    # Every stretch of >= 2 backbone graphs (segment k = graph k, final = graph 2) a chain may run fused.
+    assert [(s["from"], s["to"], s["graphs"]) for s in lut["stretches"]] == [
+        (0, 1, ["segment_0", "segment_1"]), (0, 2, ["segment_0", "segment_1", "final"]), (1, 2, ["segment_1", "final"])]
+    for row in lut["stretches"]:
+        assert stat_keys - {"name"} <= set(row) and row["n"] >= 7 and 0 < row["min_ms"] <= row["median_ms"]
     for row in lut["segments"] + lut["heads"] + lut["upsamples"] + [lut["final"], lut["monolithic"]]:
         assert stat_keys <= set(row) and row["n"] >= 7
         assert 0 < row["min_ms"] <= row["median_ms"] <= row["p90_ms"] <= row["p99_ms"] <= row["max_ms"]
@@ -166,6 +173,16 @@ def test_profile_writes_the_lut(built, tmp_path):
     assert cond["min_iters"] == 7 and cond["th_pix"] == 0.5 and cond["versions"]["onnxruntime"] == ort.__version__
     assert cond["threads"]["session"].startswith("own pool (")
     assert {"date", "cpu_governor", "jetson_power_mode", "gpu_clocks", "physical_cores"} <= set(cond)
+
+
+def test_profile_alone_times_stretches_alone_and_can_skip_them(built, tmp_path):
+    alone = profile_engines(built[1], str(tmp_path / "a.json"), ProfileConfig(min_iters=3, min_seconds=0.001,
+                                                                              warmup_s=0.0, in_chain=False))
+    assert [(s["from"], s["to"]) for s in alone["stretches"]] == [(0, 1), (0, 2), (1, 2)]
+    assert min(s["n"] for s in alone["stretches"]) >= 3 and alone["conditions"]["timing"].endswith("timed alone")
+    plain = profile_engines(built[1], str(tmp_path / "p.json"), ProfileConfig(min_iters=3, min_seconds=0.001,
+                                                                              warmup_s=0.0, stretches=False))
+    assert "stretches" not in plain and min(r["n"] for r in plain["segments"] + plain["heads"]) >= 3
 
 
 def test_profile_interrupted_leaves_no_file(built, tmp_path):
@@ -197,7 +214,8 @@ def test_profile_and_build_cli(built, tmp_path):
     assert "latency table written to" in out.stdout.decode()
     lut = json.load(open(os.path.join(eng, "lut.json")))
     assert min(r["n"] for r in lut["segments"] + lut["heads"]) >= 5
-    assert lut["conditions"]["timing"].endswith("timed inside chained frames")
+    assert lut["conditions"]["timing"].endswith("timed inside chained frames (every set of read exit points)")
+    assert [(s["from"], s["to"]) for s in lut["stretches"]] == [(0, 1), (0, 2), (1, 2)]
     from onnxruntime.capi import _pybind_state
 
     if hasattr(_pybind_state, "set_global_thread_pool_sizes"):

@@ -201,6 +201,16 @@ def test_tensorrt_chain_matches_its_reference_and_onnxruntime(engines, tmp_path)
                 assert np.mean(r.labels == ort_chain.run(x).labels) > 0.99
 
 
+def test_backbone_stretches_cut_after_each_read_point():
+    """Backbone graphs 0..N (N = final) in the stretches the chain runs, which the profile times (lut "stretches")."""
+    from mess_edge.runtime.fuse import backbone_stretches
+
+    assert backbone_stretches(3, []) == [(0, 3)]
+    assert backbone_stretches(3, [1]) == [(0, 1), (2, 3)]
+    assert backbone_stretches(3, [2, 0, 2]) == [(0, 0), (1, 2), (3, 3)]
+    assert backbone_stretches(3, [0, 1, 2]) == [(0, 0), (1, 1), (2, 2), (3, 3)]
+
+
 def test_fused_stretches_equal_unfused_graphs(engines):
     """The ORT backend fuses the segments no selected exit reads (runtime/fuse.py): same labels, fewer graphs."""
     from mess_edge.runtime.chain import Plan

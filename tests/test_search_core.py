@@ -21,6 +21,7 @@ from mess_edge.errors import MessError
 from mess_edge.search import (Grid, Memo, Objective, cost_anytime, cost_budgeted, cost_final_only,
                               cost_input_dependent, cost_upsample, instance_dict, make_cost_table, miou_from_stats,
                               search, simulate)
+from mess_edge.search.costs import backbone_spans
 from mess_edge.search.reference import reference_miou
 
 RIGHT = np.array([[10, 0], [0, 10]])
@@ -79,14 +80,55 @@ def test_miou_counts_match_plain_loop_and_nanmean():
 
 
 def test_table1_formulas_on_hand_numbers():
-    seg = [1.0, 2.0, 3.0]
-    assert cost_final_only(seg, 4.0) == 10.0
-    assert cost_budgeted(seg, 1, 0.5) == 3.5
-    assert cost_anytime(seg, 4.0, [0.5, 0.25]) == 10.75
+    span = backbone_spans([1.0, 2.0, 3.0], 4.0)  # graphs 0..2 the segments, 3 the final
+    assert span[1, 3] == 5.0 and span[2, 4] == 7.0 and span[3, 3] == 0.0
+    assert cost_final_only(span) == 10.0
+    assert cost_budgeted(span, 1, 0.5) == 3.5
+    assert cost_anytime(span, [(0, 0.5), (2, 0.25)]) == 10.75
     # 1 * (seg0 + 0.5) + 0.6 * (seg1 + seg2 + 0.25) + 0.2 * final
-    assert cost_input_dependent(seg, 4.0, [(0, 0.5), (2, 0.25)], [0.6, 0.2]) == pytest.approx(1.5 + 3.15 + 0.8)
-    assert cost_input_dependent(seg, 4.0, [], []) == 10.0
+    assert cost_input_dependent(span, [(0, 0.5), (2, 0.25)], [0.6, 0.2]) == pytest.approx(1.5 + 3.15 + 0.8)
+    assert cost_input_dependent(span, [], []) == 10.0
     assert cost_upsample([0.4, 0.4, 0.2], [0.1, 0.1, 0.2]) == pytest.approx(0.12)
+
+
+def test_table1_reads_measured_stretches_in_place_of_sums():
+    """A stretch (graphs first..last as one fused graph) replaces the sum of its pieces, and only that span."""
+    # Fused: segments 1-2 cost 4.5 (not 5), segment 2 + final 6.0 (not 7), everything 9.0 (not 10).
+    span = backbone_spans([1.0, 2.0, 3.0], 4.0, [(1, 2, 4.5), (2, 3, 6.0), (0, 3, 9.0)])
+    assert (span[1, 3], span[2, 4], span[0, 4]) == (4.5, 6.0, 9.0)
+    assert (span[0, 3], span[1, 4]) == (6.0, 9.0)  # not measured: still the sums
+    assert cost_final_only(span) == 9.0
+    assert cost_budgeted(span, 2, 0.5) == 6.5  # segments 0..2: no stretch, the sum
+    # anytime at exits 0 and 1: seg0 + h + seg1 + h + (seg2 + final fused)
+    assert cost_anytime(span, [(0, 0.5), (1, 0.25)]) == 1.0 + 0.5 + 2.0 + 0.25 + 6.0
+    # 1 * (seg0 + 0.5) + 0.6 * (fused seg1-2 + 0.25) + 0.2 * final
+    assert cost_input_dependent(span, [(0, 0.5), (2, 0.25)], [0.6, 0.2]) == pytest.approx(1.5 + 0.6 * 4.75 + 0.8)
+    table = make_cost_table("latency", [1.0, 2.0, 3.0], [0.5], 4.0, 0.1, stretches=[(0, 3, 9.0)])
+    assert table.final_only() == 9.1 and table.stretches == ((0, 3, 9.0),)
+    assert make_cost_table("latency", [1.0, 2.0, 3.0], [0.5], 4.0, 0.1).final_only() == 10.1
+    for bad in [(2, 2, 1.0), (0, 4, 1.0), (1, 0, 1.0)]:
+        with pytest.raises(MessError, match="expected 0 <= first < last <= 3"):
+            make_cost_table("latency", [1.0, 2.0, 3.0], [0.5], 4.0, stretches=[bad])
+    with pytest.raises(MessError, match="negative or non-finite"):
+        make_cost_table("latency", [1.0, 2.0, 3.0], [0.5], 4.0, stretches=[(0, 1, -1.0)])
+
+
+def test_search_and_simulate_price_instances_with_stretches():
+    """Fusing exits 0..1 of the hand network into one 1.2 graph (not 2.0) makes final-only 3.2 and the
+    instance carries the stretch, so simulate() without the table prices it the same."""
+    costs = make_cost_table("macs", [1.0, 1.0], [0.25, 0.5, 0.25], 2.0, stretches=[(0, 2, 3.2), (1, 2, 2.5)])
+    memo = hand_memo()
+    r = search(memo, costs, "final-only", Objective(max_drop=0.0), grid=GRID)
+    assert (r.cost, r.final_only_cost) == (3.2, 3.2)
+    # budgeted at head 1 (exit 0): seg0 + 0.5, no stretch involved
+    r = search(memo, costs, "budgeted", Objective(min_miou=0.7), grid=GRID)
+    assert (r.config.heads, r.cost) == ((1,), 1.5)
+    # anytime head 0 then final: seg0 + 0.25 + fused (seg1 + final) 2.5
+    r = search(memo, costs, "anytime", Objective(max_drop=0.0), grid=GRID, max_exits=1)
+    assert r.cost == pytest.approx(1.0 + 0.25 + 2.5)
+    inst = instance_dict(r, memo, costs)
+    assert inst["cost_table"]["stretches"] == [{"from": 0, "to": 2, "cost": 3.2}, {"from": 1, "to": 2, "cost": 2.5}]
+    assert simulate(memo, inst)["expected_cost"] == simulate(memo, inst, costs)["expected_cost"] == r.cost
 
 
 def test_final_only():

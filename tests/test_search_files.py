@@ -91,6 +91,28 @@ def test_memo_round_trip_and_cost_tables(files):
     assert inputs.lut_sha256 == sha256_file(files["lut"]) and inputs.checkpoint_sha256 == CKPT
 
 
+def test_lut_stretches_replace_the_sums_they_measure(files):
+    """lut.json "stretches" (optional): the search prices a fused stretch by its own time, everything else by
+    the sum of its pieces (segments 1.0, 2.0; final 4.0); a stretch of other graphs or bad indices is refused."""
+    sums = load_search_inputs(files["memo"], files["manifest"], files["lut"]).costs
+    assert sums.stretches == () and sums.final_only() == 7.0 and sums.span[1, 3] == 6.0
+    fused = [{"from": 0, "to": 2, "graphs": ["segment_0", "segment_1", "final"], "median_ms": 6.2},
+             {"from": 1, "to": 2, "median_ms": 5.5}]  # "graphs" optional
+    rewrite(files["lut"], lambda lut: lut.update(stretches=fused))
+    costs = load_search_inputs(files["memo"], files["manifest"], files["lut"]).costs
+    assert costs.stretches == ((0, 2, 6.2), (1, 2, 5.5))
+    assert (costs.final_only(), costs.span[1, 3], costs.span[0, 2]) == (6.2, 5.5, 3.0)  # span[0, 2]: still a sum
+    assert (costs.segment.tolist(), costs.final) == ([1.0, 2.0], 4.0)
+    for bad, match in [({"from": 0, "to": 1, "graphs": ["segment_1", "final"], "median_ms": 1.0},
+                        r"got stretch 0..1 of graphs \['segment_1', 'final'\]; expected \['segment_0', 'segment_1'\]"),
+                       ({"from": "0", "to": 2, "median_ms": 1.0}, "expected integers 0 <= from < to <= 2"),
+                       ({"from": 1, "to": 3, "median_ms": 1.0}, "expected integers 0 <= from < to <= 2"),
+                       ({"from": 0, "to": 1}, "and a median_ms")]:
+        rewrite(files["lut"], lambda lut: lut.update(stretches=[bad]))
+        with pytest.raises(MessError, match=match):
+            load_search_inputs(files["memo"], files["manifest"], files["lut"])
+
+
 def rewrite(path, edit):
     with open(path) as f:
         obj = json.load(f)

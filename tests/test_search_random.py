@@ -66,6 +66,18 @@ def test_structured_memos_match_brute_force(seed, setting):
         check(memo, costs, setting, max_exits=1, anytime_accuracy="min")
 
 
+@pytest.mark.parametrize("setting", ["final-only", "budgeted", "anytime", "input-dependent"])
+def test_measured_stretches_match_brute_force(setting):
+    """With fused-stretch costs (no longer sums of segments) the vectorised costs still equal Table 1's."""
+    memo = random_memo(n_points=3, heads_per_point=2, n_images=10, n_classes=4, n_bins=10, gt_pixels=60,
+                       native_pixels=12, seed=5)
+    costs = random_costs(memo, 3, seed=5, stretches=True)
+    assert len(costs.stretches) == 6 and costs.final_only() != random_costs(memo, 3, seed=5).final_only()
+    check(memo, costs, setting)
+    if setting in ("anytime", "input-dependent"):
+        check(memo, costs, setting, max_exits=3)
+
+
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize("policy", ["edge", "raw", "mean"])
 def test_chaotic_memos_match_brute_force(seed, policy):

@@ -24,27 +24,18 @@ def _fused_stretches(engines, plan):
     Segments are cut only after an exit point some selected exit reads; the stretch after the last such
     point is folded into the final graph. A stretch of one graph is left as it is.
     """
-    from mess_edge.runtime.fuse import fuse_chain
+    from mess_edge.runtime.fuse import backbone_stretches, fuse_graphs
 
-    read = {x.exit for x in plan.exits}
-    segs = plan.segments
-    out, start = {}, 0
-    ends = [k for k in range(len(segs)) if k in read]
-    for end in ends + [None]:  # None: the stretch that ends in the final graph
-        names = segs[start:] + ["final"] if end is None else segs[start:end + 1]
-        if len(names) > 1:
-            graphs = [engines.graph(n) for n in names]
-            first = graphs[0]["inputs"][0]["name"]
-            try:
-                model = fuse_chain([engines.path(n) for n in names], [g["inputs"][0]["name"] for g in graphs],
-                                   "labels" if end is None else "feat")
-            except MessError:
-                # Fusing is an optimisation: run this stretch unfused, where a broken engine fails by name.
-                start = (end + 1) if end is not None else start
-                continue
-            source = None if start == 0 else segs[start - 1]
-            out[names[-1]] = (model, first, source, names[:-1])
-        start = (end + 1) if end is not None else start
+    names = plan.segments + ["final"]
+    out = {}
+    for first, last in backbone_stretches(len(plan.segments), [x.exit for x in plan.exits]):
+        if first == last:
+            continue
+        try:
+            model, first_input = fuse_graphs(engines, names[first:last + 1])
+        except MessError:
+            continue  # Fusing is an optimisation: run this stretch unfused, where a broken engine fails by name.
+        out[names[last]] = (model, first_input, None if first == 0 else names[first - 1], names[first:last])
     return out
 
 

@@ -57,7 +57,8 @@ def build(onnx_dir, backend, precision, calib_data, calib_images, dla_core, prov
 @click.option("--alone", is_flag=True, help="ORT: time every graph alone in a loop instead of inside chained "
               "frames (warm caches: predicts chained latency too low on CPUs).")
 def profile(engine_dir, out, min_iters, min_seconds, warmup_s, th_pix, threads, alone):
-    """Time every graph of ENGINE_DIR (inside chained frames on ORT) and write the latency table (lut.json)."""
+    """Time every graph of ENGINE_DIR, and on ORT every stretch of segments the chain fuses, inside chained frames,
+    and write the latency table (lut.json)."""
     import os
 
     from mess_edge.runtime.profile import ProfileConfig, profile_engines

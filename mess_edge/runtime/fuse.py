@@ -6,6 +6,10 @@ NCHW at every graph boundary. Measured on cpu-mbv2 at 128x128 with 2 threads: th
 ran 2x slower. A boundary is only needed where the chain reads a feature: at a *selected* exit. So the
 backend runs each stretch of segments between selected exits (and the stretch before the final head) as one
 fused graph. Fusing is exact: the same nodes and weights, wired output to input.
+
+The backbone graphs are numbered 0..N: segment k is graph k, the final graph is graph N. ``backbone_stretches``
+says which stretches a chain runs; the chain backend and the profile (which times every stretch a chain may
+run, lut.json "stretches") both fuse them with ``fuse_graphs``, so the table times exactly what runs.
 """
 
 from mess_edge.errors import MessError
@@ -52,3 +56,22 @@ def fuse_chain(paths, input_names, output_name):
         raise MessError("cannot fuse graphs {}: {}; run them unfused (--no-fuse)".format(
             ", ".join(paths), str(e).splitlines()[0][:200]))
     return fused.SerializeToString()
+
+
+def backbone_stretches(n_segments, read):
+    """[(first, last)] the backbone graphs run as, in order, when the chain reads the features of the exit
+    points ``read``: a cut after each read point; the last stretch ends in the final graph (graph N)."""
+    out, start = [], 0
+    for point in sorted(set(read)):
+        out.append((start, point))
+        start = point + 1
+    return out + [(start, n_segments)]
+
+
+def fuse_graphs(engines, names):
+    """(model bytes, its feature input name): engine graphs ``names`` (consecutive segments, possibly ending in
+    "final") fused into one, exactly as the chain's ORT backend runs them. MessError if they cannot be fused."""
+    graphs = [engines.graph(n) for n in names]
+    inputs = [g["inputs"][0]["name"] for g in graphs]
+    out = "labels" if graphs[-1]["role"] == "final" else "feat"
+    return fuse_chain([engines.path(n) for n in names], inputs, out), inputs[0]

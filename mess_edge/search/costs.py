@@ -6,6 +6,12 @@ upsample to labels); an upsample graph (bilinear + argmax to the input size) run
 early exit that image takes. Costs are GMACs from the manifest ("macs") or median milliseconds from a
 lut.json ("latency").
 
+Table 1 reads the backbone through ``span``: the N segments and the final graph are backbone graphs 0..N, and
+span[a, b] is the cost of graphs a..b-1 run in one go, i.e. cost(b_{K_(n-1):K_n}) between two selected exits.
+By default a span is the sum of its pieces; a latency table may hold *stretches*, spans measured as the ONE
+fused graph the ONNX Runtime chain runs between two selected exits (runtime/fuse.py), which is what the chain
+really pays: no layout conversion at the folded boundaries, and caches as that graph leaves them.
+
 The Table 1 functions below exclude the upsample; ``cost_upsample`` adds it. Sums are plain left-to-right
 loops (not ``sum``, which is compensated from Python 3.12) so the vectorised search can repeat them bitwise.
 """
@@ -32,22 +38,47 @@ def segment_sum(segment, start, stop):
     return _add(segment[start:stop])
 
 
-def cost_final_only(segment, final):
-    """Table 1, final-only: cost(b_1:K_N) + cost(final exit)."""
-    return segment_sum(segment, 0, len(segment)) + final
+def backbone_spans(segment, final, stretches=()):
+    """float64 [N+2, N+2] span: span[a, b] (0 <= a <= b <= N+1) = cost of backbone graphs a..b-1 run in one go,
+    graph k < N being segment k and graph N the final graph; zero below the diagonal.
+
+    Each span is the sum of its pieces (segment_sum, plus ``final`` when it ends in the final graph), except
+    that ``stretches``, ((first, last, cost), ...), each replace span[first, last + 1]: graphs first..last
+    (inclusive) measured as one fused graph.
+    """
+    n = len(segment)
+    span = np.zeros((n + 2, n + 2))
+    for a in range(n + 1):
+        for b in range(a, n + 2):
+            span[a, b] = segment_sum(segment, a, b) if b <= n else segment_sum(segment, a, n) + final
+    for first, last, cost in stretches:
+        span[first, last + 1] = cost
+    return span
 
 
-def cost_budgeted(segment, n, head_n):
+def cost_final_only(span):
+    """Table 1, final-only: cost(b_1:K_N) + cost(final exit): every backbone graph, the final one last."""
+    return float(span[0, -1])
+
+
+def cost_budgeted(span, n, head_n):
     """Table 1, budgeted up to exit point n (0-based): cost(b_1:K_n) + cost(head at n)."""
-    return segment_sum(segment, 0, n + 1) + head_n
+    return float(span[0, n + 1]) + head_n
 
 
-def cost_anytime(segment, final, heads):
-    """Table 1, anytime: the whole backbone, the final exit and every selected head (costs ``heads``)."""
-    return segment_sum(segment, 0, len(segment)) + final + _add(heads)
+def cost_anytime(span, exits):
+    """Table 1, anytime: the whole backbone, the final exit and every selected head.
+
+    exits: [(exit point, head cost)] in backbone order (the points cut the backbone into the spans it runs as).
+    """
+    total, prev = 0.0, -1
+    for n, head_cost in exits:
+        total += span[prev + 1, n + 1] + head_cost
+        prev = n
+    return float(total + span[prev + 1, -1])
 
 
-def cost_input_dependent(segment, final, exits, remaining):
+def cost_input_dependent(span, exits, remaining):
     """Table 1, input-dependent: sum over selected exits n of p_{n-1} (backbone from the previous exit + head_n).
 
     exits: [(exit point, head cost)] in backbone order; remaining: [p_1..p_k], the fraction of images still
@@ -55,9 +86,9 @@ def cost_input_dependent(segment, final, exits, remaining):
     """
     total, p_prev, prev = 0.0, 1.0, -1
     for (n, head_cost), p in zip(exits, remaining):
-        total += p_prev * (segment_sum(segment, prev + 1, n + 1) + head_cost)
+        total += p_prev * (span[prev + 1, n + 1] + head_cost)
         p_prev, prev = p, n
-    return total + p_prev * (segment_sum(segment, prev + 1, len(segment)) + final)
+    return float(total + p_prev * span[prev + 1, -1])
 
 
 def cost_upsample(taken, upsample):
@@ -70,7 +101,10 @@ def cost_upsample(taken, upsample):
 
 @dataclass(frozen=True, eq=False)
 class CostTable:
-    """Cost of every piece of the overprovisioned network, aligned with a memo's heads."""
+    """Cost of every piece of the overprovisioned network, aligned with a memo's heads.
+
+    ``span`` (derived, float64 [N+2, N+2]) is the backbone as Table 1 reads it: see backbone_spans.
+    """
 
     model: str  # "macs" or "latency"
     segment: np.ndarray  # float64 [N], segment k (N exit points)
@@ -78,16 +112,23 @@ class CostTable:
     final: float  # rest of the backbone + final head
     upsample: np.ndarray  # float64 [H+1], upsample after head h (index H: after the final exit)
     head_graphs: tuple = ()  # [H] head graph names (default: the manifest naming rule)
+    stretches: tuple = ()  # ((first, last, cost), ...): backbone graphs first..last (N = final) as one fused graph
 
     def __post_init__(self):
         if self.model not in COST_MODELS:
             raise MessError("got cost model {!r}; expected one of {}".format(self.model, ", ".join(COST_MODELS)))
         if len(self.upsample) != len(self.head) + 1:
             raise MessError("got {} upsample costs for {} heads; expected H+1".format(len(self.upsample), len(self.head)))
-        arrays = [self.segment, self.head, self.upsample, [self.final]]
+        n = len(self.segment)
+        for first, last, _ in self.stretches:
+            if not 0 <= first < last <= n:
+                raise MessError("got a stretch of backbone graphs {}..{}; expected 0 <= first < last <= {} (graph {} "
+                                "is the final graph)".format(first, last, n, n))
+        arrays = [self.segment, self.head, self.upsample, [self.final], [c for _, _, c in self.stretches]]
         if any(not np.all(np.isfinite(np.asarray(a, dtype=float))) or np.any(np.asarray(a, dtype=float) < 0)
                for a in arrays):
             raise MessError("got a negative or non-finite cost in the {} table; expected costs >= 0".format(self.model))
+        object.__setattr__(self, "span", backbone_spans(self.segment, self.final, self.stretches))
 
     @property
     def unit(self):
@@ -95,16 +136,18 @@ class CostTable:
 
     def final_only(self):
         """Final-only cost including its upsample."""
-        return cost_final_only(self.segment, self.final) + self.upsample[-1]
+        return cost_final_only(self.span) + self.upsample[-1]
 
 
-def make_cost_table(model, segment, head, final, upsample=None, head_graphs=()):
-    """CostTable from plain sequences; upsample defaults to 0 for every exit (scalar = the same for all)."""
+def make_cost_table(model, segment, head, final, upsample=None, head_graphs=(), stretches=()):
+    """CostTable from plain sequences; upsample defaults to 0 for every exit (scalar = the same for all);
+    stretches: ((first, last, cost), ...) as in CostTable."""
     head = np.asarray(head, dtype=np.float64)
     if upsample is None or np.ndim(upsample) == 0:
         upsample = np.full(len(head) + 1, 0.0 if upsample is None else float(upsample))
+    stretches = tuple((int(a), int(b), float(c)) for a, b, c in stretches)
     return CostTable(model, np.asarray(segment, dtype=np.float64), head, float(final),
-                     np.asarray(upsample, dtype=np.float64), tuple(head_graphs))
+                     np.asarray(upsample, dtype=np.float64), tuple(head_graphs), stretches)
 
 
 def _arch_key(arch):
@@ -209,7 +252,29 @@ def costs_from_lut(lut, manifest, memo, where="lut"):
 
     return make_cost_table(
         "latency", [ms(g) for g in segments], [ms(g) for g in heads], ms(final),
-        [0.0 if u is None else ms(u) for u in upsample], [g.get("name") for g in heads])
+        [0.0 if u is None else ms(u) for u in upsample], [g.get("name") for g in heads],
+        _lut_stretches(lut, [g["name"] for g in segments + [final]], where))
+
+
+def _lut_stretches(lut, names, where):
+    """((first, last, median ms), ...) of the lut's optional "stretches" (absent in older tables: none).
+
+    ``names``: the backbone graphs in order, the final graph last. An entry's "graphs", when given, must be
+    names[first..last]: a table profiled from another export must not lend its stretches to this one.
+    """
+    out = []
+    for e in lut.get("stretches") or []:
+        first, last, ms = e.get("from"), e.get("to"), e.get("median_ms")
+        if not (isinstance(first, int) and isinstance(last, int) and 0 <= first < last < len(names)
+                and isinstance(ms, (int, float))):
+            raise MessError("{}: got stretch {!r}; expected integers 0 <= from < to <= {} and a median_ms; try "
+                            "mess-edge profile again".format(where, {k: e.get(k) for k in ("from", "to", "median_ms")},
+                                                             len(names) - 1))
+        if "graphs" in e and list(e["graphs"]) != names[first:last + 1]:
+            raise MessError("{}: got stretch {}..{} of graphs {}; expected {}; try mess-edge profile again on these "
+                            "engines".format(where, first, last, e["graphs"], names[first:last + 1]))
+        out.append((first, last, float(ms)))
+    return out
 
 
 def head_graph_names(table, memo):

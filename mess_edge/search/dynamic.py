@@ -50,10 +50,10 @@ class InputDependent:
         # Same operations, in the same order, as costs.cost_input_dependent + costs.cost_upsample.
         total, p_prev, prev = 0.0, 1.0, -1
         for j, n in enumerate(self.points):
-            term = c.segsum[prev + 1, n + 1] + c.head_cost[self.gates[j][0]]
+            term = c.span[prev + 1, n + 1] + c.head_cost[self.gates[j][0]]
             total = total + p_prev * axis_view(term, j, k)
             p_prev, prev = rem[j], n
-        total = total + p_prev * (c.segsum[prev + 1, c.n_points] + c.costs.final)
+        total = total + p_prev * c.span[prev + 1, -1]
         ups, p_prev = 0.0, 1.0
         for j in range(k):
             ups = ups + (p_prev - rem[j]) * axis_view(c.ups[self.gates[j][0]], j, k)

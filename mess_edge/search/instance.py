@@ -8,8 +8,8 @@ calibration mIoU it was chosen on.
 import numpy as np
 
 from mess_edge.errors import MessError
-from mess_edge.search.costs import (cost_anytime, cost_budgeted, cost_final_only, cost_input_dependent,
-                                    cost_upsample, head_graph_names)
+from mess_edge.search.costs import (backbone_spans, cost_anytime, cost_budgeted, cost_final_only,
+                                    cost_input_dependent, cost_upsample, head_graph_names)
 from mess_edge.search.memo import arch_dict, arch_tag, miou_from_stats
 from mess_edge.search.space import Config, assign_images
 
@@ -43,6 +43,8 @@ def instance_dict(result, memo, costs, memo_sha256=None, manifest_sha256=None, l
                   "exits": {names[h]: float(costs.head[h]) for h in cfg.heads},
                   "upsample": dict([(names[h], float(costs.upsample[h])) for h in cfg.heads] +
                                    [("final", float(costs.upsample[-1]))])}
+    if costs.stretches:
+        cost_table["stretches"] = [{"from": a, "to": b, "cost": c} for a, b, c in costs.stretches]
     return {
         "format": INSTANCE_FORMAT,
         "setting": result.setting,
@@ -101,20 +103,21 @@ def config_from_instance(memo, instance):
     return Config(tuple(heads), th_img, instance.get("th_pix") if dynamic else None, final), policy
 
 
-def config_cost(memo, setting, config, taken, segment, final, head_cost, upsample):
+def config_cost(memo, setting, config, taken, span, head_cost, upsample):
     """Expected cost per image of ``config`` (Table 1 + upsample), given the exit each image takes ([I]).
 
-    segment [N] and final: costs; head_cost, upsample: {memo head index: cost} for the selected heads
-    (upsample also for memo.n_heads, the final exit).
+    span: the backbone spans (costs.backbone_spans, CostTable.span); head_cost, upsample: {memo head index:
+    cost} for the selected heads (upsample also for memo.n_heads, the final exit).
     """
-    seg, fin = list(segment), memo.n_heads
+    fin = memo.n_heads
+    exits = [(int(memo.head_exit[h]), head_cost[h]) for h in config.heads]
     if setting == "anytime":
-        return cost_anytime(seg, final, [head_cost[h] for h in config.heads]) + upsample[fin]
+        return cost_anytime(span, exits) + upsample[fin]
     if not config.final:
         h = config.heads[0]
-        return cost_budgeted(seg, int(memo.head_exit[h]), head_cost[h]) + upsample[h]
+        return cost_budgeted(span, int(memo.head_exit[h]), head_cost[h]) + upsample[h]
     if not config.heads:
-        return cost_final_only(seg, final) + upsample[fin]
+        return cost_final_only(span) + upsample[fin]
     remaining, still = [], memo.n_images
     for h in config.heads:
         still -= int(np.sum(taken == h))
@@ -124,20 +127,21 @@ def config_cost(memo, setting, config, taken, segment, final, head_cost, upsampl
         fractions.append(p_prev - p)
         p_prev = p
     ups = [upsample[h] for h in config.heads] + [upsample[fin]]
-    exits = [(int(memo.head_exit[h]), head_cost[h]) for h in config.heads]
-    return cost_input_dependent(seg, final, exits, remaining) + cost_upsample(fractions + [p_prev], ups)
+    return cost_input_dependent(span, exits, remaining) + cost_upsample(fractions + [p_prev], ups)
 
 
 def _cost_inputs(memo, instance, config, costs):
-    """(segment, final, head_cost, upsample) from ``costs`` or the instance's own cost_table; None if neither."""
+    """(span, head_cost, upsample) from ``costs`` or the instance's own cost_table; None if neither."""
     if costs is not None:
-        return (costs.segment, costs.final, {h: costs.head[h] for h in config.heads},
+        return (costs.span, {h: costs.head[h] for h in config.heads},
                 dict([(h, costs.upsample[h]) for h in config.heads] + [(memo.n_heads, costs.upsample[-1])]))
     table = instance.get("cost_table")
     if not table:
         return None
     graphs = [e["graph"] for e in instance["exits"]]
-    return (table["segment"], table["final"], {h: table["exits"][g] for h, g in zip(config.heads, graphs)},
+    stretches = [(s["from"], s["to"], s["cost"]) for s in table.get("stretches", [])]
+    return (backbone_spans(table["segment"], table["final"], stretches),
+            {h: table["exits"][g] for h, g in zip(config.heads, graphs)},
             dict([(h, table["upsample"][g]) for h, g in zip(config.heads, graphs)] +
                  [(memo.n_heads, table["upsample"]["final"])]))
 

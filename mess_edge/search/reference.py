@@ -64,14 +64,15 @@ def enumerate_configs(memo, n_points, setting, max_exits=None, policy="edge", gr
 def reference_score(memo, costs, setting, config, policy="edge", anytime_accuracy="final"):
     """(cost, mIoU fraction) of one configuration, image by image."""
     n_img, final = memo.n_images, memo.n_heads
-    seg = list(costs.segment)
+    span = costs.span
+    exits = [(int(memo.head_exit[h]), costs.head[h]) for h in config.heads]
     if setting == "anytime":
-        cost = cost_anytime(seg, costs.final, [costs.head[h] for h in config.heads]) + costs.upsample[final]
+        cost = cost_anytime(span, exits) + costs.upsample[final]
         mious = [reference_miou(memo.confusion[h].sum(axis=0)) for h in list(config.heads) + [final]]
         return cost, (mious[-1] if anytime_accuracy == "final" else min(mious))
     if not config.final:  # budgeted, stopping at an early exit
         h = config.heads[0]
-        cost = cost_budgeted(seg, int(memo.head_exit[h]), costs.head[h]) + costs.upsample[h]
+        cost = cost_budgeted(span, int(memo.head_exit[h]), costs.head[h]) + costs.upsample[h]
         return cost, reference_miou(memo.confusion[h].sum(axis=0))
     taken = []
     for i in range(n_img):
@@ -85,19 +86,18 @@ def reference_score(memo, costs, setting, config, policy="edge", anytime_accurac
     for i, h in enumerate(taken):
         total += memo.confusion[h, i]
     if not config.heads:
-        return cost_final_only(seg, costs.final) + costs.upsample[final], reference_miou(total)
+        return cost_final_only(span) + costs.upsample[final], reference_miou(total)
     remaining, still = [], n_img
     for h in config.heads:
         still -= taken.count(h)
         remaining.append(still / n_img)
-    exits = [(int(memo.head_exit[h]), costs.head[h]) for h in config.heads]
     fractions, p_prev = [], 1.0
     for p in remaining:
         fractions.append(p_prev - p)
         p_prev = p
     fractions.append(p_prev)
     ups = [costs.upsample[h] for h in config.heads] + [costs.upsample[final]]
-    cost = cost_input_dependent(seg, costs.final, exits, remaining) + cost_upsample(fractions, ups)
+    cost = cost_input_dependent(span, exits, remaining) + cost_upsample(fractions, ups)
     return cost, reference_miou(total)
 
 

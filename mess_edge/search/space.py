@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 
 from mess_edge.errors import MessError
-from mess_edge.search.costs import cost_final_only, segment_sum
+from mess_edge.search.costs import cost_final_only
 from mess_edge.search.memo import POLICIES
 
 SETTINGS = ("final-only", "budgeted", "anytime", "input-dependent")
@@ -78,10 +78,10 @@ class Context:
         self.n_points, self.n_images, self.final = n, memo.n_images, memo.n_heads
         self.heads_at = [np.flatnonzero(memo.head_exit == p) for p in range(n)]
         self.points = tuple(p for p in range(n) if len(self.heads_at[p]))
-        self.segsum = np.array([[segment_sum(costs.segment, a, b) for b in range(n + 1)] for a in range(n + 1)])
+        self.span = costs.span  # [N+2, N+2] backbone spans (costs.backbone_spans); column N+1 ends in the final
         self.head_cost = np.asarray(costs.head, dtype=np.float64)
         self.ups = np.asarray(costs.upsample, dtype=np.float64)
-        self.final_only_cost = cost_final_only(costs.segment, costs.final) + float(self.ups[-1])
+        self.final_only_cost = cost_final_only(self.span) + float(self.ups[-1])
         self.head_miou = memo.head_miou()
         self.th_img = np.asarray(grid.th_img, dtype=np.float64)
         self.bins = pixel_bins(memo, grid, policy)
@@ -151,7 +151,7 @@ class Budgeted:
 
     def costs(self):
         c = self.ctx
-        return c.segsum[0, c.memo.head_exit + 1] + c.head_cost + c.ups[:-1]
+        return c.span[0, c.memo.head_exit + 1] + c.head_cost + c.ups[:-1]
 
     def score(self, rows, cols):
         return np.repeat(self.ctx.head_miou[rows][:, None], len(cols), axis=1)
@@ -175,11 +175,13 @@ class Anytime:
 
     def costs(self):
         c = self.ctx
-        heads = 0.0
-        for j, a in enumerate(self.axes):
-            heads = heads + axis_view(c.head_cost[a], j, self.k)
-        base = c.segsum[0, c.n_points] + c.costs.final
-        return np.broadcast_to(base + heads + c.ups[-1], self.shape).ravel()
+        # Same operations, in the same order, as costs.cost_anytime (+ the final's upsample).
+        total, prev = 0.0, -1
+        for j, (n, a) in enumerate(zip(self.points, self.axes)):
+            total = total + axis_view(c.span[prev + 1, n + 1] + c.head_cost[a], j, self.k)
+            prev = n
+        total = total + c.span[prev + 1, -1]
+        return np.broadcast_to(total + c.ups[-1], self.shape).ravel()
 
     def score(self, rows, cols):
         c = self.ctx

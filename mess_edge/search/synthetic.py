@@ -72,11 +72,16 @@ def random_memo(n_points=4, heads_per_point=16, n_images=500, n_classes=11, n_bi
                 head_arch=head_arch, meta=meta)
 
 
-def random_costs(memo, n_points, model="latency", seed=0):
-    """A CostTable for ``memo``: segments, heads growing with capacity, a final exit and small upsamples."""
+def random_costs(memo, n_points, model="latency", seed=0, stretches=False):
+    """A CostTable for ``memo``: segments, heads growing with capacity, a final exit and small upsamples;
+    ``stretches``: also every multi-graph backbone stretch, at 0.8-1.1x the sum of its pieces."""
     rng = np.random.default_rng(seed)
     segment = rng.uniform(0.5, 2.0, n_points)
     capacity = (memo.head_arch[:, 1] + 1) * 2.0 ** -memo.head_arch[:, 0] * (1 + memo.head_arch[:, 3])
     head = 0.05 + 0.1 * capacity * rng.uniform(0.8, 1.2, memo.n_heads)
     upsample = rng.uniform(0.01, 0.05, memo.n_heads + 1)
-    return make_cost_table(model, segment, head, rng.uniform(0.5, 2.0), upsample)
+    final = rng.uniform(0.5, 2.0)
+    pieces = list(segment) + [final]
+    fused = [(a, b, float(np.sum(pieces[a:b + 1])) * rng.uniform(0.8, 1.1))
+             for a in range(n_points + 1) for b in range(a + 1, n_points + 1)] if stretches else ()
+    return make_cost_table(model, segment, head, final, upsample, stretches=fused)
