@@ -260,6 +260,7 @@ def loop_only(a):
         result["loop"] = measure_loop(p, instance, a, work)
     if "conditions" in saved:  # save() records this run's conditions; keep those of the tables
         saved.setdefault("table_conditions", saved.pop("conditions"))
+    saved["headline"] = headline(saved["results"])
     save("early_exit", saved, markdown(saved["results"]))
 
 
@@ -297,6 +298,25 @@ def run_preset(a):
             "chain_overhead": meas["final-only"]["mean_ms"] / meas["monolithic"]["mean_ms"],
             "rows": rows, "paper_targets": TARGETS[family], "oracle_all_heads": oracle_all_heads(p),
             "lut_final_only_ms": sum(s["median_ms"] for s in lut["segments"]) + lut["final"]["median_ms"], "loop": loop}
+
+
+def headline(results):
+    """One line per preset: the <= 1 pp speedup against the paper's and the oracle limit, the loop ratio."""
+    parts = []
+    for r in results:
+        row = next((x for x in r.get("rows", []) if x["label"].startswith("(iii)")), None)
+        if row is None:
+            continue
+        target = r["paper_targets"]["1pp"]
+        text = "{}: {:.2f}x at <= 1 pp (test mIoU {:.2f} vs {:.2f}; paper {:.2f}x: {})".format(
+            r["preset"], row["speedup"], row["test_miou"], r["baseline"]["miou"], target,
+            "met" if row["speedup"] >= target else "not met")
+        if "oracle_all_heads" in r:
+            text += ", oracle over all heads {:.2f}x".format(r["oracle_all_heads"]["predicted_speedup"])
+        if r.get("loop", {}).get("rows"):
+            text += ", loop / inference fps {:.2f}".format(r["loop"]["rows"][0]["ratio"])
+        parts.append(text)
+    return "; ".join(parts)
 
 
 def markdown(results):
@@ -354,7 +374,7 @@ def main():
     results = []
     for preset in a.preset or ["cpu-mbv2", "cpu-drn"]:
         results.append(run_preset(argparse.Namespace(**dict(vars(a), preset=preset))))
-    save("early_exit", {"results": results, "args": vars(a)}, markdown(results))
+    save("early_exit", {"results": results, "args": vars(a), "headline": headline(results)}, markdown(results))
 
 
 if __name__ == "__main__":

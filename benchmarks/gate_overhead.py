@@ -102,7 +102,11 @@ def main():
             r["graph"], r["gmacs"], r["head_ms"], r["with_gate_ms"], r["gate_us"], 100 * r["overhead"],
             100 * r["overhead_p10"], 100 * r["overhead_p90"]) for r in e["heads"]] + [""]
     md += ["1-min load average at the end: {:.2f}.".format(os.getloadavg()[0])]
-    save("gate_overhead", {"args": vars(a), "exports": exports, "summary": summary}, "\n".join(md))
+    head = "; ".join("{}: median {:+.1%} per head, {}/{} heads within {:.0%} ({})".format(
+        s["preset"], s["median_overhead"], s["heads_within_target"], s["heads"], TARGET,
+        "met" if s["median_overhead"] <= TARGET else "not met") for s in summary)
+    save("gate_overhead", {"args": vars(a), "exports": exports, "summary": summary, "headline": head},
+         "\n".join(md))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ runs/early_exit/cpu-drn holds one (then its mIoU is real). Scripts run in depend
 each script: runs/bench-logs/NAME.log.
 
     python benchmarks/run_all.py [--quick] [--only lut_fidelity,flops_vs_latency] [--timeout-s 1800]
+    python benchmarks/run_all.py --summary-only     # run nothing: rebuild SUMMARY.md from the saved results
 """
 
 import argparse
@@ -111,15 +112,15 @@ def headline(name, since=None):
     return (text[:400] + " ...") if len(text) > 400 else text, md, os.path.getmtime(md_path)
 
 
-def summary_markdown(records, quick):
+def summary_markdown(records, mode):
     from benchmarks._common import conditions
 
     cond = conditions()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     lines = ["# Benchmark summary", "",
-             "{}; {} ({} cores); python {}; 1-min load average {} at the end; {} mode.".format(
+             "{}; {} ({} cores); python {}; 1-min load average {} at the end; {}.".format(
                  cond["date"], cond["cpu"], cond["cores"], cond["python"], None if load is None else round(load, 2),
-                 "quick" if quick else "full"), "",
+                 mode if mode == "saved results" else mode + " mode"), "",
              "| benchmark | status | wall s | headline (numbers, targets) |", "|---|---|---:|---|"]
     for r in records:
         lines.append("| {} | {} | {} | {} |".format(r["name"], r["status"], "-" if r["wall_s"] is None else
@@ -145,9 +146,12 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="pass --quick to every script that takes it")
     ap.add_argument("--only", default=None, help="comma-separated benchmark names (default: all present)")
     ap.add_argument("--timeout-s", type=float, default=0, help="per-script time limit in seconds (0: none)")
+    ap.add_argument("--summary-only", action="store_true", help="run nothing; rebuild SUMMARY.md from the results")
     a = ap.parse_args(argv)
     present = discover()
     chosen = present if a.only is None else [n.strip() for n in a.only.split(",") if n.strip()]
+    if a.summary_only:
+        chosen = []
     unknown = [n for n in chosen if n not in present]
     if unknown:
         sys.exit("error: got --only {}; expected names among {}; try --only {}".format(
@@ -156,7 +160,7 @@ def main(argv=None):
     for name in present:
         if name not in chosen:
             text, md, mtime = headline(name)
-            status = "not run" + (" (results of {})".format(time.strftime("%Y-%m-%d %H:%M", time.localtime(mtime)))
+            status = ("saved" if a.summary_only else "not run") + (" (results of {})".format(time.strftime("%Y-%m-%d %H:%M", time.localtime(mtime)))
                                   if mtime else "")
             records.append({"name": name, "status": status, "wall_s": None, "headline": text, "markdown": md})
             continue
@@ -172,8 +176,9 @@ def main(argv=None):
         if name not in present:
             records.append({"name": name, "status": "absent (no script)", "wall_s": None, "headline": None,
                             "markdown": None})
-    write_bytes_atomic(os.path.join(RESULTS, "SUMMARY.md"), summary_markdown(records, a.quick).encode("utf-8"))
-    write_json_atomic(os.path.join(RESULTS, "SUMMARY.json"), {"quick": a.quick, "benchmarks": [
+    mode = "saved results" if a.summary_only else "quick" if a.quick else "full"
+    write_bytes_atomic(os.path.join(RESULTS, "SUMMARY.md"), summary_markdown(records, mode).encode("utf-8"))
+    write_json_atomic(os.path.join(RESULTS, "SUMMARY.json"), {"quick": a.quick, "mode": mode, "benchmarks": [
         {k: v for k, v in r.items() if k != "markdown"} for r in records]})
     print("wrote {}".format(os.path.join(RESULTS, "SUMMARY.md")))
     return 1 if any(r["status"].startswith(("failed", "timeout")) for r in records) else 0
