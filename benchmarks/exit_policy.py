@@ -6,7 +6,7 @@ classification-style baseline) the input-dependent search (eq. 6) picks the most
 under each latency budget (a fraction of final-only's) on the calibration memo; the chosen instance is then
 replayed on the test memo. Same exits, heads and threshold grids for all three: only the confidence differs.
 
-    python benchmarks/exit_policy.py --work runs/early_exit/cpu-mbv2      # artifacts of early_exit.py
+    python benchmarks/exit_policy.py --work runs/early_exit/cpu-drn      # artifacts of early_exit.py (default)
 
 When the memos carry the LC arrays (mess_edge.search.lc), a Table 3 analogue follows: the per-pixel Deep Layer
 Cascade against MESS's image-level policy (one early exit + final), both the cheapest in MACs within an mIoU
@@ -119,7 +119,7 @@ def lc_markdown(rows):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work", default=os.path.join(ROOT, "runs", "early_exit", "cpu-mbv2"))
+    p.add_argument("--work", default=os.path.join(ROOT, "runs", "early_exit", "cpu-drn"))
     p.add_argument("--fractions", default="0.5,0.6,0.7,0.8,0.9,1.0")
     p.add_argument("--max-exits", type=int, default=1, help="early exits (the paper's Fig. 4: a 2-exit instance)")
     p.add_argument("--quick", action="store_true")
