@@ -152,10 +152,10 @@ def _loop(cfg, chain, source, engines, log, on_frame, on_output):
             # same conditions (the presenter thread is busy with this frame right now).
             if stats.frames % cfg.final_only_every == 0 and len(stats.final_only_ms) < cfg.final_only_frames:
                 t3 = time.perf_counter()
-                first_final = len(stats.final_only_ms) % 2 == 0
-                fo = chain.run_final_only(x) if first_final else None
-                again = chain.run(x)
-                fo = fo or chain.run_final_only(x)
+                if len(stats.final_only_ms) % 2 == 0:
+                    fo, again = chain.run_final_only(x), chain.run(x)
+                else:
+                    again, fo = chain.run(x), chain.run_final_only(x)
                 stats.final_only_ms.append(fo.times_ms["total"])
                 stats.paired_ms.append(again.times_ms["total"])
                 stats.sampled_ms.append(result.times_ms["total"])

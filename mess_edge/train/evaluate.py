@@ -5,11 +5,11 @@ from mess_edge.errors import MessError
 
 def evaluate_checkpoint(ckpt_path, data, split="test", max_images=None):
     """{"final": {"miou", "gmacs"}, "exits": [{"exit", "arch", "name", "miou", "gmacs"}], ...} (mIoU in %)."""
+    import torch
+
     from mess_edge.model.multiexit import cost_profile
     from mess_edge.train.checkpoint import build_model, load_checkpoint
     from mess_edge.train.trainer import validate
-
-    import torch
 
     ckpt = load_checkpoint(ckpt_path)
     model = build_model(ckpt)
