@@ -95,6 +95,9 @@ def test_preprocessor_matches_reference():
             assert out.shape == (1, 3, 32, 32) and out.dtype == np.float32
             np.testing.assert_allclose(out, preprocess_reference(frame, (32, 32), norm), rtol=1e-5, atol=2e-5)
         assert pre(frame) is out  # the buffer is allocated once
+        given = pre.new_buffer()
+        assert pre(frame, given) is given and given is not out  # or the caller's (the capture thread's pool)
+        np.testing.assert_array_equal(given, out)
 
 
 def test_latency_histogram_matches_numpy_percentiles():
@@ -307,6 +310,32 @@ def test_newest_frame_wins_and_realtime_pacing(tmp_path):
     assert time.perf_counter() - t0 >= 0.09  # 10 frames at 100 fps
     assert cap.frames_in == 10 and cap.dropped > 0 and len(got) + cap.dropped + cap.unprocessed == 10
     assert got == sorted(got) and got[-1] == 9  # in order, and the newest frame is never the one dropped
+
+
+@pytest.mark.parametrize("newest_wins", [True, False])
+def test_capture_thread_prepares_frames_into_a_pool_of_buffers(tmp_path, newest_wins):
+    for i in range(12):
+        cv2.imwrite(str(tmp_path / "{:02d}.png".format(i)), scene(i))
+    cap = Capture(Source(str(tmp_path)), queue_size=2, newest_wins=newest_wins, pace_fps=200.0,
+                  prepare=Preprocessor((32, 32), NORM))
+    cap.start()
+    seen, buffers = [], set()
+    while True:
+        item = cap.queue.get(timeout=5)
+        if item is None:
+            break
+        want = preprocess_reference(cv2.imread(str(tmp_path / "{:02d}.png".format(item.index))), (32, 32), NORM)
+        np.testing.assert_allclose(item.input, want, rtol=1e-5, atol=2e-5)  # not overwritten while held
+        assert item.prepare_ms > 0 and np.array_equal(item.image, cv2.imread(str(tmp_path / "{:02d}.png".format(
+            item.index))))
+        seen.append(item.index)
+        buffers.add(id(item.input))
+        time.sleep(0.012)  # a consumer slower than the source
+        cap.release(item)
+    cap.stop()
+    assert len(buffers) <= 4  # queue_size + 2, allocated once and reused
+    assert cap.frames_in == 12 and len(seen) + cap.dropped + cap.unprocessed == 12
+    assert (cap.dropped > 0) == newest_wins and seen == sorted(seen) and seen[-1] == 11
 
 
 @pytest.mark.parametrize("cfg, message", [

@@ -8,6 +8,7 @@ Unreadable frames (None, not HxWx3 uint8, an image file that does not decode) ar
 imported inside the functions that need it.
 """
 
+import collections
 import glob
 import os
 import queue
@@ -20,6 +21,10 @@ from mess_edge.errors import MessError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 END = None  # queue sentinel: the source is finished
+
+# A captured frame: index in the source, BGR image, perf_counter time of capture, and, when the capture thread
+# prepares frames, the network input (a pool buffer: hand it back with Capture.release) and its time in ms.
+Frame = collections.namedtuple("Frame", "index image t_cap input prepare_ms")
 
 
 def valid_frame(frame):
@@ -144,20 +149,33 @@ class Capture(threading.Thread):
     ``newest_wins``: a full queue drops its oldest frame (counted in ``dropped``) rather than waiting.
     ``pace_fps``: read no faster than this (a file played in real time). ``max_frames``: stop after reading
     that many. ``reconnect_delays_s``: the waits before each reconnect attempt of a lost live source.
-    Items are (frame index, BGR frame, perf_counter time of capture); END closes the queue.
+    ``prepare``: a camera.Preprocessor (or any ``f(frame, out) -> out`` with ``f.new_buffer()``) run on this
+    thread, so the next frame is prepared while the current one is inferred (the GPU's idle CPU on a Jetson;
+    cv2 releases the GIL). Its outputs live in a pool of queue_size + 2 buffers allocated once: one being
+    filled, the queued ones, and the one the consumer holds until ``release(item)``.
+    Items are ``Frame`` tuples; END closes the queue.
     Counters (read them after ``stop``): frames_in, dropped, corrupt, reconnects, unprocessed (queued when
     the consumer stopped); ``end_reason``; ``error`` (an exception the thread died of, for the consumer).
     """
 
     def __init__(self, source, queue_size=2, newest_wins=True, pace_fps=None, max_frames=None,
-                 reconnect_delays_s=(0.5, 1.0, 2.0)):
+                 reconnect_delays_s=(0.5, 1.0, 2.0), prepare=None):
         super(Capture, self).__init__(name="mess-edge-capture", daemon=True)
         self.source, self.newest_wins, self.pace_fps, self.max_frames = source, newest_wins, pace_fps, max_frames
         self.reconnect_delays_s = tuple(reconnect_delays_s)
         self.queue = queue.Queue(maxsize=max(1, int(queue_size)))
+        self.prepare, self.free = prepare, queue.Queue()
+        if prepare is not None:
+            for _ in range(self.queue.maxsize + 2):
+                self.free.put(prepare.new_buffer())
         self.stop_event = threading.Event()
         self.frames_in = self.dropped = self.corrupt = self.reconnects = self.unprocessed = 0
         self.end_reason, self.error, self._failed = None, None, 0
+
+    def release(self, item):
+        """The consumer is done with ``item``'s input buffer: back to the pool."""
+        if item is not END and item.input is not None:
+            self.free.put(item.input)
 
     def run(self):
         try:
@@ -196,8 +214,27 @@ class Capture(threading.Thread):
                 if wait > 0:
                     self.stop_event.wait(wait)
                 now = time.perf_counter()
-            self._put((self.frames_in - 1, frame, now))
+            x, prepare_ms = None, None
+            if self.prepare is not None:
+                x = self._buffer()
+                if x is None:  # stopped while the consumer held every buffer: this frame counts as dropped
+                    self.dropped += 1
+                    return "stopped"
+                t0 = time.perf_counter()
+                self.prepare(frame, x)
+                prepare_ms = (time.perf_counter() - t0) * 1e3
+            self._put(Frame(self.frames_in - 1, frame, now, x, prepare_ms))
         return "stopped"
+
+    def _buffer(self):
+        """A free input buffer; None when stopped first. Never waits long: the pool holds one more buffer than
+        the queue and the consumer can hold together."""
+        while not self.stop_event.is_set():
+            try:
+                return self.free.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        return None
 
     def _put(self, item):
         """A frame of a newest-wins capture never waits: a full queue loses its oldest frame. Anything else
@@ -212,10 +249,11 @@ class Capture(threading.Thread):
             except queue.Full:
                 if self.stop_event.is_set():
                     self.dropped += item is not END
+                    self.release(item)
                     return
                 if self.newest_wins and item is not END:
                     try:
-                        self.queue.get_nowait()  # END is put last, so this is a frame
+                        self.release(self.queue.get_nowait())  # END is put last, so this is a frame
                         self.dropped += 1
                     except queue.Empty:
                         pass
@@ -232,7 +270,9 @@ class Capture(threading.Thread):
     def _drain(self):
         while True:
             try:
-                if self.queue.get_nowait() is not END:
+                item = self.queue.get_nowait()
+                if item is not END:
+                    self.release(item)
                     self.unprocessed += 1  # a counter of its own: ``dropped`` belongs to the capture thread
             except queue.Empty:
                 return

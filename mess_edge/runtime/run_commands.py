@@ -1,9 +1,10 @@
 """``mess-edge run``: an instance on a camera, a file or a stream; overlay out; statistics at the end.
 
-The loop (``run_stream``) fits on one screen: take the newest frame from the capture thread, preprocess into
-buffers allocated once, run the chain, hand the result to the presenter thread (overlay, write / show:
-present.py), record. Ctrl-C stops it cleanly: the video is closed (playable) and the statistics (stats.py)
-written. Only click is imported at the top: no torch on this path.
+The loop (``run_stream``) fits on one screen: take the newest frame from the capture thread, which has already
+preprocessed it into a buffer allocated once while the previous frame was inferred; run the chain; hand the
+result to the presenter thread (overlay, write / show: present.py); record. Ctrl-C stops it cleanly: the video
+is closed (playable) and the statistics (stats.py) written. Only click is imported at the top: no torch on this
+path.
 """
 
 import collections
@@ -106,11 +107,11 @@ def _loop(cfg, chain, source, engines, log, on_frame, on_output):
     drops = source.live or cfg.realtime
     capture = Capture(source, cfg.queue_size or (1 if source.live else 2), newest_wins=drops, pace_fps=(source.fps or 30.0) if (
         cfg.realtime and not source.live) else None, max_frames=None if drops else cfg.max_frames,
-        reconnect_delays_s=cfg.reconnect_delays_s)
+        reconnect_delays_s=cfg.reconnect_delays_s, prepare=pre)  # frames arrive preprocessed
     show = cfg.display and bool(os.environ.get("DISPLAY"))
     stats, presenter, stop = RunStats(), None, threading.Event()
     fps, t_prev, t_status, wall0, aside, error = 0.0, None, time.perf_counter(), time.perf_counter(), 0.0, None
-    chain.warm_up(pre(np.zeros(tuple(pre.hw) + (3,), np.uint8)))  # cv2's pool, if any, starts on this thread
+    chain.warm_up(pre(np.zeros(tuple(pre.hw) + (3,), np.uint8)))  # before the capture thread owns ``pre``
     previous = _sigint_stops(stop)
     try:
         if cfg.output or show:  # overlay, window and writer run on their own thread (present.py)
@@ -126,17 +127,14 @@ def _loop(cfg, chain, source, engines, log, on_frame, on_output):
                 continue
             if item is END:
                 break
-            index, frame, t_cap = item
-            t0 = time.perf_counter()
-            x = pre(frame)
-            t1 = time.perf_counter()
+            index, frame, t_cap, x = item.index, item.image, item.t_cap, item.input
             result = chain.run(x)
             t2 = time.perf_counter()
             rate = 1.0 / max(t2 - t_prev, 1e-9) if t_prev else 0.0
             fps, t_prev = (0.9 * fps + 0.1 * rate) if fps else rate, t2
             if presenter is not None:
                 presenter.submit(index, frame, result, fps, t_cap)
-            stage_ms = collections.OrderedDict([("preprocess", (t1 - t0) * 1e3), ("to_result", (t2 - t_cap) * 1e3)])
+            stage_ms = collections.OrderedDict([("preprocess", item.prepare_ms), ("to_result", (t2 - t_cap) * 1e3)])
             if presenter is None:  # nothing to present: the result is the output
                 stage_ms["end_to_end"] = stage_ms["to_result"]
                 if on_output is not None:
@@ -160,6 +158,7 @@ def _loop(cfg, chain, source, engines, log, on_frame, on_output):
                 stats.paired_ms.append(again.times_ms["total"])
                 stats.sampled_ms.append(result.times_ms["total"])
                 aside += time.perf_counter() - t3  # nor in the loop's wall time
+            capture.release(item)  # x is free for the next frame
             if t2 - t_status >= cfg.status_every_s:
                 t_status = t2
                 log("frame {:>6}  {:6.1f} fps  infer {:7.3f} ms  exits {}  dropped {}  corrupt {}  not presented {}"
