@@ -13,7 +13,7 @@ from PIL import Image
 
 from mess_edge.cli import cli
 from mess_edge.data.digitscenes import (CLASSES, digit_pools, foreground_fraction, generate_digitscenes,
-                                        voc_palette, write_split_video)
+                                        image_difficulty, image_rng, voc_palette, write_split_video)
 from mess_edge.data.scene_render import render_scene
 from mess_edge.errors import MessError
 
@@ -127,6 +127,26 @@ def test_easy_images_are_easy():
         lum = np.array([0.299, 0.587, 0.114])
         assert abs(fg.mean(0) @ lum - bg.mean(0) @ lum) > 0.5 * 255
         assert foreground_fraction(lab) > 0.04
+
+
+def test_image_difficulty_is_the_one_the_generator_drew(small):
+    from sklearn.datasets import load_digits
+
+    root, _ = small
+    bunch = load_digits()
+    pools = digit_pools()
+    ds = []
+    for i in range(SMALL["n_test"]):
+        d = image_difficulty(0, "test", i)
+        drawn = render_scene(image_rng(0, "test", i), 64, bunch.images / 16.0, bunch.target, pools["test"])
+        forced = render_scene(image_rng(0, "test", i), 64, bunch.images / 16.0, bunch.target, pools["test"],
+                              difficulty=d)
+        assert np.array_equal(drawn[0], forced[0]) and np.array_equal(drawn[1], forced[1])
+        written = np.array(Image.open(os.path.join(root, "SegmentationClass", "test_{:05d}.png".format(i))))
+        assert np.array_equal(written, drawn[1])  # the generator's own stream
+        ds.append(d)
+    assert len(set(ds)) == len(ds) and all(0 <= d < 1 for d in ds)
+    assert image_difficulty(0, "test", 0) != image_difficulty(1, "test", 0) != image_difficulty(0, "cal", 0)
 
 
 def test_cli_generate_up_to_date_and_refusals(tmp_path):

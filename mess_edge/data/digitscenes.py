@@ -86,6 +86,17 @@ def digit_pools(n_samples=1797):
             "test": sorted(perm[b:].tolist())}
 
 
+def image_rng(seed, split, index):
+    """The generator of image ``index`` of ``split``: every draw of that image comes from it."""
+    return np.random.default_rng([int(seed), SPLITS.index(split), int(index)])
+
+
+def image_difficulty(seed, split, index):
+    """The difficulty d in [0, 1) the generator drew for image ``index`` of ``split`` (its first draw, see
+    scene_render.render_scene): for breaking a result down by how hard the scenes were."""
+    return float(image_rng(seed, split, index).uniform())
+
+
 def foreground_fraction(label):
     """Fraction of non-ignored pixels that belong to a digit (labels 1..10)."""
     valid = label != IGNORE_INDEX
@@ -169,8 +180,8 @@ def generate_digitscenes(out_dir, size=128, n_train=2000, n_cal=500, n_test=500,
         for split_no, split in enumerate(SPLITS):
             ids, used_here = [], set()
             for i in range(params["n_" + split]):
-                rng = np.random.default_rng([params["seed"], split_no, i])
-                img, lab, idx = render_scene(rng, params["size"], digits, targets, pools[split])
+                img, lab, idx = render_scene(image_rng(params["seed"], split, i), params["size"], digits, targets,
+                                             pools[split])
                 image_id = "{}_{:05d}".format(split, i)
                 Image.fromarray(img).save(os.path.join(tmp, "JPEGImages", image_id + ".jpg"), quality=95)
                 png = Image.frombytes("P", (lab.shape[1], lab.shape[0]), lab.tobytes())
