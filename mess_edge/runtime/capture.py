@@ -170,6 +170,7 @@ class Capture(threading.Thread):
                 self.free.put(prepare.new_buffer())
         self.stop_event = threading.Event()
         self.frames_in = self.dropped = self.corrupt = self.reconnects = self.unprocessed = 0
+        self._read_at_stop = 0  # read but never queued because the consumer stopped (the capture thread's count)
         self.end_reason, self.error, self._failed = None, None, 0
 
     def release(self, item):
@@ -217,8 +218,8 @@ class Capture(threading.Thread):
             x, prepare_ms = None, None
             if self.prepare is not None:
                 x = self._buffer()
-                if x is None:  # stopped while the consumer held every buffer: this frame counts as dropped
-                    self.dropped += 1
+                if x is None:  # stopped before a buffer came free
+                    self._read_at_stop += 1
                     return "stopped"
                 t0 = time.perf_counter()
                 self.prepare(frame, x)
@@ -248,7 +249,7 @@ class Capture(threading.Thread):
                 return
             except queue.Full:
                 if self.stop_event.is_set():
-                    self.dropped += item is not END
+                    self._read_at_stop += item is not END
                     self.release(item)
                     return
                 if self.newest_wins and item is not END:
@@ -259,12 +260,15 @@ class Capture(threading.Thread):
                         pass
 
     def stop(self):
-        """Stop reading, wait for the thread; frames still queued are counted in ``unprocessed``."""
+        """Stop reading, wait for the thread; frames still queued, or read and not yet queued, are counted in
+        ``unprocessed``."""
         self.stop_event.set()
         while self.is_alive():
             self._drain()
             self.join(0.05)
         self._drain()
+        self.unprocessed += self._read_at_stop  # the thread has ended: its count is final
+        self._read_at_stop = 0
         self.source.close()
 
     def _drain(self):
