@@ -19,7 +19,6 @@ import os
 import sys
 import time
 
-sys.modules["torch"] = None  # onnxruntime must not share the process with torch's thread pool
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._common import save  # noqa: E402
@@ -96,6 +95,7 @@ def measure(c, n, size, threads, seconds):
 
 
 def main():
+    sys.modules["torch"] = None  # onnxruntime must not share the process with torch's thread pool
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
     p.add_argument("--seconds", type=float, default=3.0, help="timing per shape")
