@@ -1,4 +1,4 @@
-"""The oracles of benchmarks/early_exit.py and the interpolation of benchmarks/upsample_forms.py, held to plain
+"""The oracles of benchmarks/early_exit.py (benchmarks/_oracles.py) and the interpolation of benchmarks/upsample_forms.py, held to plain
 versions on fresh random memos and inputs (no export needed)."""
 
 import os
@@ -10,7 +10,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks import early_exit as ee  # noqa: E402
+from benchmarks import _oracles as ee  # noqa: E402
 from benchmarks import upsample_forms as uf  # noqa: E402
 from mess_edge.search.memo import miou_from_stats  # noqa: E402
 from mess_edge.search.synthetic import random_memo  # noqa: E402
