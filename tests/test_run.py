@@ -18,11 +18,11 @@ from _fixtures import make_onnx_dir
 from mess_edge.errors import MessError
 from mess_edge.runtime.build import build_engines
 from mess_edge.runtime.camera import Overlay, Preprocessor, bgr_palette, preprocess_reference
-from mess_edge.runtime.capture import Capture, Source, valid_frame
+from mess_edge.runtime.capture import Capture, Source, fourcc_text, valid_frame
 from mess_edge.runtime.chain import FrameResult, ReferenceChain
 from mess_edge.runtime.engines import load_engines
 from mess_edge.runtime.present import Presenter
-from mess_edge.runtime.run_commands import RunConfig, run_stream
+from mess_edge.runtime.run_commands import RunConfig, _camera_line, parse_size, run_stream
 from mess_edge.runtime.stats import LatencyHistogram
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -286,6 +286,28 @@ def test_image_folder_skips_and_counts_a_corrupt_file(setup, tmp_path):
     assert (s["frames_in"], s["frames"], s["frames_written"], s["speedup_vs_final_only"]) == (2, 2, 0, None)
 
 
+def test_camera_mode_parsing_and_report():
+    assert parse_size("1280x720") == (1280, 720) and parse_size("640X480") == (640, 480)
+    for bad in ("1280", "1280x", "x720", "0x720", "-1x5", "1280x720x3", "axb"):
+        with pytest.raises(MessError, match="got --camera-size .*; expected WIDTHxHEIGHT in pixels, like 1280x720"):
+            parse_size(bad)
+    assert fourcc_text(cv2.VideoWriter_fourcc(*"MJPG")) == "MJPG" and fourcc_text(0) == "" and fourcc_text(None) == ""
+    got = {"size": (640, 480), "fps": 30.0, "fourcc": "YUYV"}
+    assert _camera_line(0, got, {}) == "camera 0 delivers 640x480 at 30 fps (YUYV)"
+    assert _camera_line(0, got, {"size": (640, 480), "fps": 30.2}) == "camera 0 delivers 640x480 at 30 fps (YUYV)"
+    assert _camera_line(2, got, {"size": (1280, 720), "fourcc": "MJPG"}) == (
+        "camera 2 delivers 640x480 at 30 fps (YUYV); asked 1280x720 (MJPG)")
+    assert _camera_line(0, {"size": (0, 0), "fps": None, "fourcc": ""}, {"fps": 60.0}).endswith("; asked at 60 fps")
+
+
+def test_camera_size_on_the_command_line_is_one_clear_line(setup):
+    engines, _, inst_path, _ = setup
+    r = cli("run", inst_path, "--engines", engines.dir, "--camera", 0, "--camera-size", "640")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == ("error: got --camera-size 640; expected WIDTHxHEIGHT in pixels, "
+                                                 "like 1280x720")
+
+
 def test_frames_that_are_not_hxwx3_uint8_are_corrupt():
     good = np.zeros((4, 5, 3), np.uint8)
     assert valid_frame(good)
@@ -345,6 +367,11 @@ def test_capture_thread_prepares_frames_into_a_pool_of_buffers(tmp_path, newest_
     (dict(), "neither --camera nor --source"),
     (dict(camera=0, source="x.mp4"), "both --camera and --source"),
     (dict(source="x.mp4", deadline_ms=5.0), "got --deadline-ms with a input-dependent instance"),
+    (dict(source="x.mp4", camera_size=(640, 480)), "got --camera-size with --source; expected --camera N"),
+    (dict(camera=0, camera_fps=0.0), "got --camera-fps 0; expected a rate > 0"),
+    (dict(camera=0, camera_fourcc="MJPEG"), "got --camera-fourcc 'MJPEG'; expected a 4-character pixel format"),
+    (dict(camera=0, camera_size=(640, 0)), "got --camera-size 640x0; expected WIDTHxHEIGHT"),
+    (dict(camera=99, camera_size=(640, 480), camera_fps=60.0, camera_fourcc="MJPG"), "cannot open camera 99"),
 ])
 def test_source_faults_are_clear_errors(setup, tmp_path, cfg, message):
     engines, video, inst_path, _ = setup

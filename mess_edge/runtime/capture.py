@@ -33,12 +33,24 @@ def valid_frame(frame):
             and frame.shape[0] > 0 and frame.shape[1] > 0)
 
 
-class Source(object):
-    """One OpenCV source. ``read()`` -> ("ok", frame) | ("corrupt", None) | ("end", None) | ("lost", None)."""
+def fourcc_text(code):
+    """cv2's CAP_PROP_FOURCC value (a float holding 4 bytes) -> "MJPG"; "" when the backend reports none."""
+    code = int(code or 0)
+    text = "".join(chr((code >> 8 * i) & 0xFF) for i in range(4))
+    return text if code and text.isprintable() else ""
 
-    def __init__(self, spec, camera=False, timeout_s=5.0, loop=False):
+
+class Source(object):
+    """One OpenCV source. ``read()`` -> ("ok", frame) | ("corrupt", None) | ("end", None) | ("lost", None).
+
+    ``camera_settings`` (cameras only): {"size": (width, height), "fps": float, "fourcc": "MJPG"}, any subset,
+    asked of the driver at every open (V4L2 order: pixel format, then size, then rate). Drivers fall back
+    silently to what they support, so ``delivers`` records what the camera reports back after opening."""
+
+    def __init__(self, spec, camera=False, timeout_s=5.0, loop=False, camera_settings=None):
         self.spec, self.timeout_s, self.loop = spec, float(timeout_s), loop
         self.cap, self.paths, self.next, self.fps = None, None, 0, None
+        self.camera_settings, self.delivers = dict(camera_settings or {}), None
         spec = str(spec)
         if camera:
             self.kind = "camera"
@@ -80,6 +92,10 @@ class Source(object):
 
         fps = self.cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(fps) if fps and 0 < fps < 1000 else None
+        if self.kind == "camera":
+            self.delivers = {"size": (int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
+                                      int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT))),
+                             "fps": self.fps, "fourcc": fourcc_text(self.cap.get(cv2.CAP_PROP_FOURCC))}
         return self
 
     def _open(self):
@@ -99,6 +115,14 @@ class Source(object):
         if self.kind == "camera":
             self.cap = cv2.VideoCapture(int(self.spec))
             self.cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the driver's own queue would add frames of latency
+            want = self.camera_settings
+            if want.get("fourcc"):  # first: the sizes and rates a camera offers depend on the pixel format
+                self.cap.set(cv2.CAP_PROP_FOURCC, cv2.VideoWriter_fourcc(*want["fourcc"]))
+            if want.get("size"):
+                self.cap.set(cv2.CAP_PROP_FRAME_WIDTH, int(want["size"][0]))
+                self.cap.set(cv2.CAP_PROP_FRAME_HEIGHT, int(want["size"][1]))
+            if want.get("fps"):
+                self.cap.set(cv2.CAP_PROP_FPS, float(want["fps"]))
         elif self.kind == "gstreamer":
             self.cap = cv2.VideoCapture(self.spec, cv2.CAP_GSTREAMER)
         elif self.kind == "stream":

@@ -40,6 +40,9 @@ class RunConfig:
     reconnect_delays_s: Tuple[float, ...] = (0.5, 1.0, 2.0)  # live sources: waits before each reconnect attempt
     final_only_frames: int = 20            # frames that also run final-only (speedup); 0: off
     final_only_every: int = 5              # ... every K-th frame, so the sample spans the run, not its cold start
+    camera_size: Optional[Tuple[int, int]] = None  # cameras: ask for this (width, height) in pixels
+    camera_fps: Optional[float] = None     # cameras: ask for this frame rate
+    camera_fourcc: Optional[str] = None    # cameras: ask for this pixel format, e.g. "MJPG" (USB cameras: more fps)
     status_every_s: float = 2.0            # seconds between status lines
 
 
@@ -51,6 +54,19 @@ def _check(cfg):
         raise MessError("got --max-frames {}; expected >= 1".format(cfg.max_frames))
     if cfg.deadline_ms is not None and cfg.deadline_ms < 0:
         raise MessError("got --deadline-ms {}; expected >= 0".format(cfg.deadline_ms))
+    asked = [flag for flag, v in (("--camera-size", cfg.camera_size), ("--camera-fps", cfg.camera_fps),
+                                  ("--camera-fourcc", cfg.camera_fourcc)) if v is not None]
+    if asked and cfg.camera is None:
+        raise MessError("got {} with --source; expected --camera N (these set a camera's capture mode); try "
+                        "dropping {}".format(" and ".join(asked), " and ".join(asked)))
+    if cfg.camera_size is not None and (len(cfg.camera_size) != 2 or min(cfg.camera_size) < 1):
+        raise MessError("got --camera-size {}; expected WIDTHxHEIGHT in pixels, like 1280x720".format(
+            "x".join(str(v) for v in cfg.camera_size)))
+    if cfg.camera_fps is not None and not cfg.camera_fps > 0:
+        raise MessError("got --camera-fps {:g}; expected a rate > 0, like 30".format(cfg.camera_fps))
+    if cfg.camera_fourcc is not None and (len(cfg.camera_fourcc) != 4 or not cfg.camera_fourcc.isprintable()):
+        raise MessError("got --camera-fourcc {!r}; expected a 4-character pixel format, like MJPG or YUYV".format(
+            cfg.camera_fourcc))
     if cfg.queue_size is not None and not 1 <= cfg.queue_size <= 2:
         raise MessError("got a capture queue of {}; expected 1 or 2 frames".format(cfg.queue_size))
 
@@ -86,13 +102,42 @@ def run_stream(cfg, log=None, on_frame=None, on_output=None):
         raise MessError("got --deadline-ms with a {} instance; expected an anytime instance; try mess-edge search "
                         "--setting anytime".format(chain.plan.setting))
     live = cfg.camera is not None
-    source = Source(cfg.camera if live else cfg.source, camera=live, timeout_s=cfg.timeout_s, loop=cfg.loop)
+    settings = {k: v for k, v in (("size", cfg.camera_size), ("fps", cfg.camera_fps), ("fourcc", cfg.camera_fourcc))
+                if v is not None}
+    source = Source(cfg.camera if live else cfg.source, camera=live, timeout_s=cfg.timeout_s, loop=cfg.loop,
+                    camera_settings=settings)
     with chain:
         try:
             source.open()
+            if source.delivers is not None:
+                log(_camera_line(cfg.camera, source.delivers, settings))
             return _loop(cfg, chain, source, engines, log, on_frame, on_output)
         finally:
             source.close()
+
+
+def parse_size(text):
+    """"1280x720" -> (1280, 720); MessError otherwise."""
+    parts = str(text).lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise MessError("got --camera-size {}; expected WIDTHxHEIGHT in pixels, like 1280x720".format(text))
+    return int(parts[0]), int(parts[1])
+
+
+def _camera_line(index, got, asked):
+    """"camera 0 delivers 640x480 at 30 fps (YUYV); asked 1280x720 at 60 fps (MJPG)": drivers fall back silently."""
+    def mode(m):
+        parts = ["x".join(str(v) for v in m["size"])] if m.get("size") else []
+        parts += ["at {:g} fps".format(m["fps"])] if m.get("fps") else []
+        parts += ["({})".format(m["fourcc"])] if m.get("fourcc") else []
+        return " ".join(parts) or "its default mode"
+    def same(key):
+        if key == "fps":
+            return bool(got.get("fps")) and abs(got["fps"] - asked["fps"]) <= 0.5
+        return got.get(key) == asked[key]
+
+    line = "camera {} delivers {}".format(index, mode(got))
+    return line + ("" if all(same(k) for k in asked) else "; asked {}".format(mode(asked)))
 
 
 def _loop(cfg, chain, source, engines, log, on_frame, on_output):
@@ -182,7 +227,7 @@ def _loop(cfg, chain, source, engines, log, on_frame, on_output):
         if error is not None:
             capture.end_reason = "error: {}".format(str(error).splitlines()[0] if str(error) else type(error).__name__)
         summary = stats.summary(capture, wall, presenter)
-        summary.update(source=str(source.spec), instance=cfg.instance,
+        summary.update(source=str(source.spec), camera_mode=source.delivers, instance=cfg.instance,
                        engines=cfg.engines, setting=chain.plan.setting, backend=engines.backend,
                        deadline_ms=cfg.deadline_ms, display=show, output=cfg.output)
         if cfg.stats:
@@ -200,6 +245,9 @@ def _loop(cfg, chain, source, engines, log, on_frame, on_output):
               help="Engine folder built on this device (mess-edge build).")
 @click.option("--camera", type=int, default=None, help="Camera index (OpenCV / V4L2).")
 @click.option("--source", default=None, help="Video file, image folder or glob, rtsp:// or http:// URL.")
+@click.option("--camera-size", default=None, help="Cameras: ask for WIDTHxHEIGHT, e.g. 1280x720.")
+@click.option("--camera-fps", type=float, default=None, help="Cameras: ask for this frame rate.")
+@click.option("--camera-fourcc", default=None, help="Cameras: ask for this pixel format, e.g. MJPG (more fps on USB).")
 @click.option("--output", default=None, help="Overlay video (.mp4, .avi) or a folder of PNG frames.")
 @click.option("--display/--no-display", default=True, show_default=True, help="Show a window (needs DISPLAY).")
 @click.option("--stats", "stats_path", default=None, help="Write the end-of-run statistics here (JSON).")
@@ -215,8 +263,8 @@ def _loop(cfg, chain, source, engines, log, on_frame, on_output):
 @click.option("--final-only-frames", type=int, default=20, show_default=True,
               help="Also time the final-only path on N frames (every K-th, see above), paired with the same frames' "
               "instance times: the speedup; 0: off.")
-def run(instance, engine_dir, camera, source, output, display, stats_path, max_frames, deadline_ms, threads,
-        realtime, loop, timeout_s, final_only_every, final_only_frames):
+def run(instance, engine_dir, camera, source, camera_size, camera_fps, camera_fourcc, output, display, stats_path,
+        max_frames, deadline_ms, threads, realtime, loop, timeout_s, final_only_every, final_only_frames):
     """Run INSTANCE on a camera, a file or a stream: overlaid frames out, statistics at the end."""
     from mess_edge.runtime.ort_runner import configure_ort_threads
 
@@ -224,6 +272,7 @@ def run(instance, engine_dir, camera, source, output, display, stats_path, max_f
     cfg = RunConfig(instance=instance, engines=engine_dir, camera=camera, source=source, output=output,
                     display=display, stats=stats_path, max_frames=max_frames, deadline_ms=deadline_ms,
                     realtime=realtime, loop=loop, timeout_s=timeout_s, final_only_frames=final_only_frames,
-                    final_only_every=final_only_every)
+                    final_only_every=final_only_every, camera_fps=camera_fps, camera_fourcc=camera_fourcc,
+                    camera_size=None if camera_size is None else parse_size(camera_size))
     stats = run_stream(cfg, log=lambda line: click.echo(line, err=True))
     click.echo(format_stats(stats))
