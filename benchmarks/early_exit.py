@@ -87,21 +87,29 @@ def search_instances(p, work):
 
 
 MEASURE = r'''
-import json, sys, time
+import collections, json, sys
 import numpy as np
 sys.modules["torch"] = None  # the timing process must not load torch
 from mess_edge.runtime.ort_runner import configure_ort_threads
 configure_ort_threads(int(sys.argv[4]))
 from mess_edge.runtime.engines import load_engines
 from mess_edge.runtime.chain import Chain, load_instance
-from mess_edge.runtime.camera import Preprocessor
-from mess_edge.data.voc import VocDataset
-from mess_edge.metrics import confusion_matrix, miou
-eng = load_engines(sys.argv[1]); paths = json.loads(sys.argv[2]); n = int(sys.argv[3])
-ds = VocDataset(sys.argv[5], "test")
-pre = Preprocessor(tuple(eng.manifest["input_hw"]), eng.manifest["normalization"])
+from mess_edge.runtime.speedup import interleaved, load_frames
+eng = load_engines(sys.argv[1]); paths = json.loads(sys.argv[2])
+frames, labels = load_frames(eng, data=sys.argv[5], split="test", limit=int(sys.argv[3]))
 mono = eng.runner("monolithic").activate()
 chains = {k: Chain(eng, load_instance(v)).__enter__() for k, v in paths.items()}
+
+
+def run_chain(chain):
+    def fn(i, x):
+        r = chain.run(x)
+        return r.labels, str(r.graph)
+    return fn
+
+
+runs = collections.OrderedDict([("monolithic", lambda i, x: (mono.infer({"image": x})["labels"][0], None))])
+runs.update((k, run_chain(c)) for k, c in chains.items())
 orc = json.loads(sys.argv[7]) if len(sys.argv) > 7 else None  # the oracle's graph per image, "final" or a head
 if orc:
     # The oracle run for real, with the fewest sessions such a deployment would hold: per exit point one fused
@@ -129,49 +137,12 @@ if orc:
         logits = orc_heads[h].infer({"feat": feat, "th_pix": th}, check_inputs=False)["logits"]
         up = orc_ups[orc_up[h]]
         return up.infer({list(up.input_metadata)[0]: logits}, check_inputs=False)["labels"][0]
-C = eng.manifest["num_classes"]
-conf = {k: np.zeros((C, C), np.int64) for k in list(paths) + ["monolithic"] + (["oracle"] if orc else [])}
-times = {k: [] for k in conf}
-taken = {k: [] for k in conf}  # graph per image (first pass): the difficulty breakdown
-exits = {k: {} for k in list(paths) + ["oracle"]}
-import cv2
-frames = []
-for i in range(min(n, len(ds))):
-    img, lab = ds.load(i)
-    x = pre(cv2.cvtColor(img, cv2.COLOR_RGB2BGR)).copy()
-    if lab.shape != tuple(eng.manifest["input_hw"]):
-        lab = cv2.resize(lab, tuple(eng.manifest["input_hw"][::-1]), interpolation=cv2.INTER_NEAREST)
-    frames.append((x, lab))
-for x, lab in frames[:5]:  # warm-up
-    mono.infer({"image": x}); [c.run(x) for c in chains.values()]
-if orc:  # every session the oracle holds, once (a first run is slow), then a few frames as they come
-    for h in used:
-        run_oracle(h, frames[0][0])
-    for i, (x, lab) in enumerate(frames[:5]):
-        run_oracle(orc[i], x)
-for rep in range(int(sys.argv[6])):
-    for i, (x, lab) in enumerate(frames):
-        order = ["monolithic"] + list(paths) + (["oracle"] if orc else [])
-        if (i + rep) % 2:
-            order.reverse()  # alternate the order: no configuration always runs on a warm cache
-        for k in order:
-            t0 = time.perf_counter()
-            if k == "monolithic":
-                labels = mono.infer({"image": x})["labels"][0]
-            elif k == "oracle":  # this image's oracle exit, run for real
-                labels = run_oracle(orc[i], x)
-            else:
-                r = chains[k].run(x); labels = r.labels
-            times[k].append((time.perf_counter() - t0) * 1e3)
-            if rep == 0:
-                conf[k] += confusion_matrix(labels, lab, C)
-                if k != "monolithic":
-                    g = orc[i] if k == "oracle" else str(r.graph)
-                    exits[k][g] = exits[k].get(g, 0) + 1
-                    taken[k].append(g)
-print(json.dumps({k: {"miou": 100 * miou(conf[k]), "mean_ms": float(np.mean(times[k])),
-                      "median_ms": float(np.median(times[k])), "n": len(times[k]),
-                      "exits": exits.get(k), "taken": taken[k]} for k in conf}))
+
+    for h in used:  # every session the oracle holds, once: a first run is slow
+        run_oracle(h, frames[0])
+    runs["oracle"] = lambda i, x: (run_oracle(orc[i], x), orc[i])
+res = interleaved(runs, frames, labels, eng.manifest["num_classes"], int(sys.argv[6]))
+print(json.dumps({k: {f: v for f, v in r.items() if f != "ms"} for k, r in res.items()}))
 '''
 
 

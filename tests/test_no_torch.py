@@ -12,7 +12,7 @@ DEVICE_MODULES = [
     "mess_edge.data.voc", "mess_edge.data.digitscenes", "mess_edge.data.commands",
     "mess_edge.runtime", "mess_edge.runtime.runner", "mess_edge.runtime.ort_runner", "mess_edge.runtime.trt_runner",
     "mess_edge.runtime.build", "mess_edge.runtime.calib", "mess_edge.runtime.engines", "mess_edge.runtime.profile",
-    "mess_edge.runtime.bench", "mess_edge.runtime.commands", "mess_edge.runtime.chain",
+    "mess_edge.runtime.bench", "mess_edge.runtime.speedup", "mess_edge.runtime.commands", "mess_edge.runtime.chain",
     "mess_edge.runtime.chain_backends", "mess_edge.runtime.capture", "mess_edge.runtime.camera",
     "mess_edge.runtime.stats", "mess_edge.runtime.run_commands", "mess_edge.runtime.present",
     "mess_edge.search", "mess_edge.search.commands",

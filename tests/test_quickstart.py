@@ -32,6 +32,11 @@ def test_demo_pipeline_from_the_shell(tmp_path):
     assert stats["frames"] == 12
     inst = json.loads((out / "instance.json").read_text())
     assert inst["setting"] == "input-dependent" and inst["cost_unit"] == "ms"
+    bench = json.loads((out / "bench_instance.json").read_text())
+    assert bench["frames"] == 24 and bench["reps"] == 3 and set(bench["configs"]) == {"instance", "final-only",
+                                                                                       "monolithic"}
+    assert "measured {:.3f} vs".format(bench["configs"]["instance"]["mean_ms"]) in r.stdout
+    assert "speedup {:.2f}x, interleaved on 24 test images".format(bench["speedup"]) in r.stdout
 
     import cv2
 

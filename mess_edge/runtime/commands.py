@@ -74,14 +74,36 @@ def profile(engine_dir, out, min_iters, min_seconds, warmup_s, th_pix, threads, 
 @click.argument("engine_dir", type=click.Path())
 @click.option("--min-seconds", type=float, default=0.3, show_default=True, help="Seconds per graph, at least.")
 @click.option("--pairs", type=int, default=200, show_default=True, help="Interleaved chain/monolithic pairs.")
+@click.option("--instance", "instance_path", type=click.Path(dir_okay=False), default=None,
+              help="Instead: this instance's chain vs the final-only paths on real frames (--data or --source).")
+@click.option("--data", type=click.Path(file_okay=False), default=None,
+              help="--instance: VOC-layout folder (DigitScenes or yours); its labels give each path's mIoU.")
+@click.option("--split", default="test", show_default=True, help="--instance --data: the split to use.")
+@click.option("--source", default=None, help="--instance: a video file or images instead of --data (no mIoU).")
+@click.option("--images", type=click.IntRange(1), default=200, show_default=True, help="--instance: frames used.")
+@click.option("--reps", type=click.IntRange(1), default=3, show_default=True, help="--instance: passes over them.")
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Also save the result as JSON.")
 @_THREADS
-def bench(engine_dir, min_seconds, pairs, json_out, threads):
-    """Latency and GMAC/s of every graph; chained final-only path vs the fastest monolithic setting."""
+def bench(engine_dir, min_seconds, pairs, instance_path, data, split, source, images, reps, json_out, threads):
+    """Latency and GMAC/s of every graph; chained final-only path vs the fastest monolithic setting. With
+    --instance: the instance's measured speedup over final-only, interleaved frame by frame on real frames."""
     from mess_edge.artifacts import write_json_atomic
-    from mess_edge.runtime.bench import BenchConfig, bench_engines, format_bench
 
     _own_ort_threads(threads)
+    if instance_path is not None:
+        from mess_edge.runtime.speedup import bench_instance, format_instance_bench
+
+        result = bench_instance(engine_dir, instance_path, data, split, source, images, reps)
+        click.echo(format_instance_bench(result))
+        if json_out:
+            write_json_atomic(json_out, result)
+        return
+    if data is not None or source is not None:
+        from mess_edge.errors import MessError
+
+        raise MessError("got --data/--source without --instance; expected --instance INSTANCE.json with them")
+    from mess_edge.runtime.bench import BenchConfig, bench_engines, format_bench
+
     result = bench_engines(engine_dir, BenchConfig(min_seconds=min_seconds, pairs=pairs), progress=_progress)
     click.echo(format_bench(result))
     if json_out:
