@@ -208,3 +208,21 @@ def make_onnx_dir(out_dir, input_hw=(32, 32), widths=(8, 16), num_classes=4, dep
     with open(os.path.join(out_dir, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=2)
     return manifest
+
+
+def write_split_instance(engines, frames, path, exits=("head_e0_c1b1r0h0", "head_e1_c1b1r0h0"), **extra):
+    """An input-dependent instance.json over ``exits`` (exit points 0, 1, ...) whose first threshold is set
+    between the middle two image confidences of ``frames`` (preprocessed), so about half of them leave there and
+    no later exit fires (th_img 1.01). Writes it to ``path``; returns the dict. ``extra``: more instance fields."""
+    from mess_edge.runtime.chain import ReferenceChain
+
+    inst = dict({"format": "mess-edge-instance/1", "setting": "input-dependent", "final": True, "th_pix": 0.6,
+                 "policy": "edge", "manifest_sha256": engines.sidecar["manifest_sha256"],
+                 "exits": [{"exit": k, "graph": g, "arch": {}, "th_img": 1.01} for k, g in enumerate(exits)]}, **extra)
+    with ReferenceChain(engines, inst) as ref:
+        conf = sorted(ref.outputs(x)[0][2] for x in frames)
+    n = len(conf) // 2
+    inst["exits"][0]["th_img"] = (conf[n - 1] + conf[n]) / 2.0
+    with open(path, "w") as f:
+        json.dump(inst, f)
+    return inst

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
-from _fixtures import make_onnx_dir
+from _fixtures import make_onnx_dir, write_split_instance
 from mess_edge.errors import MessError
 from mess_edge.runtime.build import build_engines
 from mess_edge.runtime.camera import Overlay, Preprocessor, bgr_palette, preprocess_reference
@@ -64,17 +64,9 @@ def setup(tmp_path_factory):
     make_onnx_dir(str(base / "onnx"), widths=(8, 16, 16), num_classes=5)
     engines = load_engines(build_engines(str(base / "onnx"), "ort", out_dir=str(base / "eng")))
     video = write_video(str(base / "clip.mp4"), 12)
-    inst = {"format": "mess-edge-instance/1", "setting": "input-dependent", "final": True, "th_pix": 0.6,
-            "policy": "edge", "manifest_sha256": engines.sidecar["manifest_sha256"],
-            "exits": [{"exit": 0, "graph": E0, "arch": {}, "th_img": 1.01}, {"exit": 1, "graph": E1, "arch": {},
-                                                                            "th_img": 1.01}]}
-    xs = [preprocess_reference(f, (32, 32), NORM) for f in decode(video)]
-    with ReferenceChain(engines, inst) as ref:
-        conf = sorted(ref.outputs(x)[0][2] for x in xs)
-    inst["exits"][0]["th_img"] = (conf[5] + conf[6]) / 2.0  # about half the frames leave at E1
     path = str(base / "instance.json")
-    with open(path, "w") as f:
-        json.dump(inst, f)
+    inst = write_split_instance(engines, [preprocess_reference(f, (32, 32), NORM) for f in decode(video)], path,
+                                (E0, E1))  # about half the frames leave at E0
     return engines, video, path, inst
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _fixtures import make_onnx_dir
+from _fixtures import make_onnx_dir, write_split_instance
 from mess_edge.errors import MessError
 from mess_edge.metrics import confusion_matrix, miou
 from mess_edge.runtime.build import build_engines
@@ -75,18 +75,9 @@ def setup(tmp_path_factory):
         ids.append("im{}".format(i))
     writer.release()
     (voc / "ImageSets/Segmentation/test.txt").write_text("\n".join(ids) + "\n")
-    inst = {"format": "mess-edge-instance/1", "setting": "input-dependent", "final": True, "th_pix": 0.6,
-            "policy": "edge", "manifest_sha256": engines.sidecar["manifest_sha256"], "cost_unit": "ms",
-            "expected_cost": 1.0, "final_only_cost": 1.5,
-            "exits": [{"exit": 0, "graph": E0, "arch": {}, "th_img": 1.01}, {"exit": 1, "graph": E1, "arch": {},
-                                                                            "th_img": 1.01}]}
-    frames, _ = load_frames(engines, data=str(voc))
-    with ReferenceChain(engines, inst) as ref:
-        conf = sorted(ref.outputs(x)[0][2] for x in frames)
-    inst["exits"][0]["th_img"] = (conf[3] + conf[4]) / 2.0  # about half the frames leave at E0
     path = str(base / "instance.json")
-    with open(path, "w") as f:
-        json.dump(inst, f)
+    inst = write_split_instance(engines, load_frames(engines, data=str(voc))[0], path, (E0, E1), cost_unit="ms",
+                                expected_cost=1.0, final_only_cost=1.5)  # about half the frames leave at E0
     return engines, path, inst, str(voc), str(base / "clip.mp4")
 
 
