@@ -111,9 +111,10 @@ def bench_instance(engine_dir, instance_path, data=None, split="test", source=No
     chains = [Chain(engines, inst), Chain(engines, dict(inst, setting="final-only"))]
     monolithic = engines.by_role("monolithic")
     mono = engines.runner(monolithic[0]["name"]) if monolithic else None
+    entered = []
     try:
         for c in chains:
-            c.__enter__()
+            entered.append(c.__enter__())
 
         def run_chain(chain):
             def fn(i, x):
@@ -128,7 +129,7 @@ def bench_instance(engine_dir, instance_path, data=None, split="test", source=No
             paths["monolithic"] = lambda i, x: (mono.infer({image_input: x}, check_inputs=False)["labels"][0], None)
         configs = interleaved(paths, frames, labels, engines.manifest["num_classes"], reps)
     finally:
-        for c in chains:
+        for c in entered:
             c.__exit__(None, None, None)
         if mono is not None and mono.is_active:
             mono.deactivate()
