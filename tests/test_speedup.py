@@ -112,6 +112,8 @@ def test_bench_instance_on_a_video_and_its_errors(setup):
         bench_instance(engines.dir, path, data=voc, source=video)
     with pytest.raises(MessError, match="got neither --data nor --source"):
         bench_instance(engines.dir, path)
+    with pytest.raises(MessError, match="got --deadline-ms with a input-dependent instance; expected an anytime"):
+        bench_instance(engines.dir, path, data=voc, deadline_ms=5.0)
 
 
 def test_bench_instance_command_without_torch(setup, tmp_path):

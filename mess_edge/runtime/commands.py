@@ -82,9 +82,11 @@ def profile(engine_dir, out, min_iters, min_seconds, warmup_s, th_pix, threads, 
 @click.option("--source", default=None, help="--instance: a video file or images instead of --data (no mIoU).")
 @click.option("--images", type=click.IntRange(1), default=200, show_default=True, help="--instance: frames used.")
 @click.option("--reps", type=click.IntRange(1), default=3, show_default=True, help="--instance: passes over them.")
+@click.option("--deadline-ms", type=float, default=None, help="--instance: anytime instances' deadline per frame.")
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Also save the result as JSON.")
 @_THREADS
-def bench(engine_dir, min_seconds, pairs, instance_path, data, split, source, images, reps, json_out, threads):
+def bench(engine_dir, min_seconds, pairs, instance_path, data, split, source, images, reps, deadline_ms, json_out,
+          threads):
     """Latency and GMAC/s of every graph; chained final-only path vs the fastest monolithic setting. With
     --instance: the instance's measured speedup over final-only, interleaved frame by frame on real frames."""
     from mess_edge.artifacts import write_json_atomic
@@ -93,7 +95,7 @@ def bench(engine_dir, min_seconds, pairs, instance_path, data, split, source, im
     if instance_path is not None:
         from mess_edge.runtime.speedup import bench_instance, format_instance_bench
 
-        result = bench_instance(engine_dir, instance_path, data, split, source, images, reps)
+        result = bench_instance(engine_dir, instance_path, data, split, source, images, reps, deadline_ms)
         click.echo(format_instance_bench(result))
         if json_out:
             write_json_atomic(json_out, result)

@@ -96,19 +96,24 @@ def load_frames(engines, data=None, split="test", source=None, limit=200):
     return frames, None
 
 
-def bench_instance(engine_dir, instance_path, data=None, split="test", source=None, images=200, reps=3):
+def bench_instance(engine_dir, instance_path, data=None, split="test", source=None, images=200, reps=3,
+                   deadline_ms=None):
     """The instance's chain vs the chained final-only path and the monolithic graph on real frames, interleaved.
     Returns {"configs": interleaved's dict for "instance", "final-only", "monolithic", "baseline" (the faster
     final-only path by mean), "speedup" (baseline mean / instance mean), "paired_speedup_median" (per frame,
     baseline / instance), "predicted_speedup" (from the instance's cost table, ms instances only),
-    "miou_drop_pp" (baseline - instance, with labels), "frames", "reps", ...}."""
+    "miou_drop_pp" (baseline - instance, with labels), "frames", "reps", ...}. ``deadline_ms``: anytime
+    instances, as `mess-edge run --deadline-ms`."""
     from mess_edge.runtime.chain import Chain, load_instance
     from mess_edge.runtime.engines import load_engines
 
     engines = load_engines(engine_dir)
     inst = load_instance(instance_path)
+    if deadline_ms is not None and inst.get("setting") != "anytime":
+        raise MessError("got --deadline-ms with a {} instance; expected an anytime instance; try mess-edge search "
+                        "--setting anytime".format(inst.get("setting")))
     frames, labels = load_frames(engines, data, split, source, images)
-    chains = [Chain(engines, inst), Chain(engines, dict(inst, setting="final-only"))]
+    chains = [Chain(engines, inst, deadline_ms), Chain(engines, dict(inst, setting="final-only"))]
     monolithic = engines.by_role("monolithic")
     mono = engines.runner(monolithic[0]["name"]) if monolithic else None
     entered = []
@@ -135,15 +140,15 @@ def bench_instance(engine_dir, instance_path, data=None, split="test", source=No
             mono.deactivate()
     base = min((k for k in ("final-only", "monolithic") if k in configs), key=lambda k: configs[k]["mean_ms"])
     paired = np.asarray(configs[base]["ms"]) / np.asarray(configs["instance"]["ms"])
-    predicted = (inst["final_only_cost"] / inst["expected_cost"]
-                 if inst.get("cost_unit") == "ms" and inst.get("expected_cost") else None)
+    predicted = (inst["final_only_cost"] / inst["expected_cost"]  # an anytime deadline is not in the table's cost
+                 if inst.get("cost_unit") == "ms" and inst.get("expected_cost") and deadline_ms is None else None)
     for c in configs.values():
         c.pop("taken")
     return {"instance": instance_path, "engines": engine_dir, "setting": inst["setting"], "configs": configs,
             "baseline": base, "speedup": configs[base]["mean_ms"] / configs["instance"]["mean_ms"],
             "paired_speedup_median": float(np.median(paired)), "predicted_speedup": predicted,
             "miou_drop_pp": (configs[base]["miou"] - configs["instance"]["miou"]) if labels is not None else None,
-            "frames": len(frames), "reps": reps, "data": data, "split": split if data else None, "source": source,
+            "frames": len(frames), "reps": reps, "deadline_ms": deadline_ms, "data": data, "split": split if data else None, "source": source,
             "backend": engines.backend, "device": engines.sidecar["device"]["id"],
             "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
