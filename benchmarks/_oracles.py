@@ -14,7 +14,7 @@ import os
 def _price_assignment(p, inst, taken):
     """Predicted ms/frame of the instance's chain when image i leaves at head ``taken[i]`` (memo.n_heads: the
     final exit): Table 1 with p_n = those fractions, the heads of the exits passed paid too (the search's
-    formula). Returns (ms, mIoU %, memo)."""
+    formula). Returns (ms, mIoU %)."""
     import numpy as np
 
     from mess_edge.search import load_search_inputs
@@ -35,11 +35,11 @@ def oracle(p, inst_path):
     selected exit whose pixel accuracy on it is >= the final exit's. Returns its mIoU and predicted cost."""
     import numpy as np
 
-    memo, cost, _ = _oracle_inputs(p)
+    memo = _oracle_inputs(p)[0]
     with open(inst_path) as f:
         inst = json.load(f)
     heads = [memo.find_head(e["exit"], e["arch"]) for e in inst["exits"]]
-    acc = np.trace(memo.confusion, axis1=2, axis2=3) / np.maximum(memo.confusion.sum((2, 3)), 1)
+    acc = _pixel_accuracy(memo)
     taken = np.full(memo.n_images, memo.n_heads)
     for h in reversed(heads):
         taken = np.where(acc[h] >= acc[memo.n_heads], h, taken)
@@ -62,6 +62,13 @@ def perfect_decisions(p, inst_path):
     ms, miou = _price_assignment(p, inst, taken)
     return {"predicted_speedup": inst["final_only_cost"] / ms, "miou": miou,
             "fraction_leaving_early": float(np.mean(taken < memo.n_heads))}
+
+
+def _pixel_accuracy(memo):
+    """float64 [H+1, I]: each head's (and the final exit's) pixel accuracy on each image."""
+    import numpy as np
+
+    return np.trace(memo.confusion, axis1=2, axis2=3) / np.maximum(memo.confusion.sum((2, 3)), 1)
 
 
 def _oracle_inputs(p):
@@ -93,7 +100,7 @@ def _strict_oracle(memo, cost, heads):
     """Per image the cheapest of ``heads`` whose pixel accuracy on it is >= the final exit's, else the final."""
     import numpy as np
 
-    acc = np.trace(memo.confusion, axis1=2, axis2=3) / np.maximum(memo.confusion.sum((2, 3)), 1)
+    acc = _pixel_accuracy(memo)
     taken = np.full(memo.n_images, memo.n_heads)
     for h in sorted(heads, key=lambda h: cost[h]):
         taken = np.where((acc[h] >= acc[memo.n_heads]) & (cost[h] < cost[taken]), h, taken)
@@ -164,7 +171,7 @@ def difficulty_breakdown(p, data, taken):
     memo, cost, _ = _oracle_inputs(p)
     n = min(len(taken["policy"]), memo.n_images)
     d = np.array([image_difficulty(seed, "test", i) for i in range(n)])
-    acc = (np.trace(memo.confusion, axis1=2, axis2=3) / np.maximum(memo.confusion.sum((2, 3)), 1))[:, :n]
+    acc = _pixel_accuracy(memo)[:, :n]
     oracle_early = _strict_oracle(memo, cost, range(memo.n_heads))[:n] < memo.n_heads
     policy_early = np.array([g != "final" for g in taken["policy"][:n]])
     rows = []

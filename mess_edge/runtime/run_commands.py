@@ -131,6 +131,7 @@ def _camera_line(index, got, asked):
         parts += ["at {:g} fps".format(m["fps"])] if m.get("fps") else []
         parts += ["({})".format(m["fourcc"])] if m.get("fourcc") else []
         return " ".join(parts) or "its default mode"
+
     def same(key):
         if key == "fps":
             return bool(got.get("fps")) and abs(got["fps"] - asked["fps"]) <= 0.5
