@@ -37,9 +37,10 @@ test: setup
 # (pyenv's shim answers `command -v python3.8` even when it cannot run it: try each candidate for real)
 PY38 ?= $(shell for p in /root/.pyenv/versions/3.8*/bin/python3.8 python3.8; do \
 	  $$p -c 'import sys' >/dev/null 2>&1 && { command -v $$p; break; }; done)
-DEVICE_TESTS = tests/test_metrics.py tests/test_voc.py tests/test_search_core.py tests/test_search_random.py \
-	tests/test_search_files.py tests/test_runner_ort.py tests/test_build_profile.py tests/test_trt_backend.py \
-	tests/test_chain.py tests/test_run.py tests/test_speedup.py tests/test_no_torch.py
+DEVICE_TESTS = tests/test_metrics.py tests/data/test_voc.py tests/search/test_search_core.py \
+	tests/search/test_search_random.py tests/search/test_search_files.py tests/runtime/test_runner_ort.py \
+	tests/build/test_build_profile.py tests/runtime/test_trt_backend.py tests/run/test_chain.py tests/run/test_run.py \
+	tests/profile/test_instance_bench.py tests/test_no_torch.py
 
 test-py38:
 	@if [ -z "$(PY38)" ]; then echo "python3.8 not found: the Python 3.8 / numpy 1.x device check is skipped"; else \

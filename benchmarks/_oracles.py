@@ -74,7 +74,7 @@ def _pixel_accuracy(memo):
 def _oracle_inputs(p):
     """(memo of the test split, cost per head + final [H+1] in ms, graph names [H+1]). Cost per exit from the
     table: the backbone up to the exit + head + upsample; the final path for the last entry. The backbone is
-    priced as the chain runs it, one fused stretch from the image (graphs 0..k, SPEC_INTERFACES.md), where the
+    priced as the chain runs it, one fused stretch from the image (graphs 0..k, docs/artifacts.md), where the
     table has stretches; else as the sum of its segments."""
     import numpy as np
 

@@ -92,9 +92,9 @@ import numpy as np
 sys.modules["torch"] = None  # the timing process must not load torch
 from mess_edge.runtime.ort_runner import configure_ort_threads
 configure_ort_threads(int(sys.argv[4]))
-from mess_edge.runtime.engines import load_engines
-from mess_edge.runtime.chain import Chain, load_instance
-from mess_edge.runtime.speedup import interleaved, load_frames
+from mess_edge.build.engine_set import load_engines
+from mess_edge.run.chain import Chain, load_instance
+from mess_edge.profile.instance_bench import interleaved, load_frames
 eng = load_engines(sys.argv[1]); paths = json.loads(sys.argv[2])
 frames, labels = load_frames(eng, data=sys.argv[5], split="test", limit=int(sys.argv[3]))
 mono = eng.runner("monolithic").activate()
@@ -117,7 +117,7 @@ if orc:
     # the chained final-only instance. (One budgeted Chain per head would load the backbone once per head.)
     from mess_edge.runtime.fuse import fuse_graphs
     from mess_edge.runtime.ort_runner import OrtRunner
-    from mess_edge.runtime.chain import _upsample_for
+    from mess_edge.run.chain import _upsample_for
     names = [g["name"] for g in eng.by_role("segment")] + ["final"]
     used = sorted(set(orc) - {"final"})
     stretch = {}

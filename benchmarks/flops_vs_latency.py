@@ -117,7 +117,7 @@ def synthetic_accuracy(memo, seed=0):
 
 def compare(art, settings, fractions, reps, max_images, seed=0, synthetic=False, log=print):
     """The benchmark's result dict (see the module doc). ``synthetic``: search on synthetic_accuracy(memo)."""
-    from mess_edge.runtime.engines import load_engines
+    from mess_edge.build.engine_set import load_engines
     from mess_edge.search import load_search_inputs, simulate
 
     manifest_path = os.path.join(art.onnx_dir, "manifest.json")

@@ -29,7 +29,7 @@ def measure_export(onnx_dir, pairs, threads, tmp):
     import onnx.utils
 
     from mess_edge.runtime.ort_runner import OrtRunner
-    from mess_edge.runtime.timing import time_paired
+    from mess_edge.profile.timing import time_paired
 
     with open(os.path.join(onnx_dir, "manifest.json")) as f:
         manifest = json.load(f)

@@ -4,7 +4,7 @@ For >= 20 random multi-exit instances over a real export (final-only; budgeted "
 every selected exit, then the final"; input-dependent with random exits, heads and thresholds) the latency
 predicted from lut.json with Table 1's formulas (mess_edge.search: simulate() on the calibration memo, so the
 p_n of the input-dependent formula are the real fractions of images continuing) is compared with the latency
-measured end to end through the early-exit chain (mess_edge.runtime.chain.Chain, features kept in OrtValues)
+measured end to end through the early-exit chain (mess_edge.run.chain.Chain, features kept in OrtValues)
 on the very calibration images the memo holds. The table prices each stretch of segments the chain fuses by
 the fused graph's own time (lut.json "stretches"); the report also gives the error of summing their pieces.
 Measured = mean over images of the median over repetitions of one image's chain.run(); repetitions are
@@ -137,7 +137,7 @@ def load_images(memo, manifest, n, data_dir=None):
     import cv2
 
     from mess_edge.data.voc import VocDataset
-    from mess_edge.runtime.camera import Preprocessor
+    from mess_edge.run.preprocess import Preprocessor
 
     ids, data = memo.meta.get("image_ids"), data_dir or memo.meta.get("data")
     if not ids or not data:
@@ -283,7 +283,7 @@ def measure(engines, instances, images, reps, fixed_images=8, seed=0, log=print)
     images of the median over repetitions.
     chain_overhead_ms: the same statistic of (end-to-end time - sum of the chain's per-stage times).
     """
-    from mess_edge.runtime.chain import Chain
+    from mess_edge.run.chain import Chain
 
     rng = np.random.default_rng(seed)
     chains = [Chain(engines, inst) for inst in instances]
@@ -399,7 +399,7 @@ def evaluate(art, n_instances, reps, max_images, fixed_images=8, seed=0, log=pri
     """
     import dataclasses
 
-    from mess_edge.runtime.engines import load_engines
+    from mess_edge.build.engine_set import load_engines
     from mess_edge.search import load_search_inputs
 
     manifest_path = os.path.join(art.onnx_dir, "manifest.json")

@@ -30,7 +30,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 from mess_edge.runtime.ort_runner import configure_ort_threads  # noqa: E402
-from mess_edge.runtime.run_commands import RunConfig, run_stream  # noqa: E402
+from mess_edge.run.loop import RunConfig, run_stream  # noqa: E402
 
 
 def rss_mb():
@@ -45,7 +45,7 @@ def make_engines(folder):
     sys.path.insert(0, os.path.join(ROOT, "tests"))
     from _fixtures import make_onnx_dir
 
-    from mess_edge.runtime.build import build_engines
+    from mess_edge.build.builder import build_engines
 
     make_onnx_dir(os.path.join(folder, "onnx"), input_hw=(64, 64), widths=(8, 16, 16), num_classes=5)
     engines = build_engines(os.path.join(folder, "onnx"), "ort", out_dir=os.path.join(folder, "engines"))

@@ -17,13 +17,13 @@ COMMANDS = {
     "info": "mess_edge.model.commands:info",
     "train": "mess_edge.train.commands:train",
     "eval": "mess_edge.train.commands:evaluate",
-    "calibrate": "mess_edge.calibrate:calibrate_command",
+    "calibrate": "mess_edge.calibrate.commands:calibrate_command",
     "export": "mess_edge.export.commands:export",
-    "build": "mess_edge.runtime.commands:build",
-    "profile": "mess_edge.runtime.commands:profile",
-    "bench": "mess_edge.runtime.commands:bench",
+    "build": "mess_edge.build.commands:build",
+    "profile": "mess_edge.profile.commands:profile",
+    "bench": "mess_edge.profile.commands:bench",
     "search": "mess_edge.search.commands:search",
-    "run": "mess_edge.runtime.run_commands:run",
+    "run": "mess_edge.run.commands:run",
     "demo": "mess_edge.demo:demo_command",
 }
 
@@ -32,7 +32,7 @@ class LazyGroup(click.Group):
     """A group that imports a subcommand's module only when that subcommand is needed."""
 
     def list_commands(self, ctx):
-        return sorted(name for name in COMMANDS if self._find(name) is not None)
+        return sorted(COMMANDS)
 
     def get_command(self, ctx, name):
         return self._find(name)
@@ -43,14 +43,7 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         module_name, attr = target.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            # A stage not written yet (or its module missing) is simply absent from the CLI.
-            if e.name and module_name.startswith(e.name):
-                return None
-            raise
-        return getattr(module, attr)
+        return getattr(importlib.import_module(module_name), attr)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

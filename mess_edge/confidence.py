@@ -243,7 +243,7 @@ def _histogram(values, edges32, bins):
 
 
 def confidence_histograms(logits, bins=HIST_BINS, kind="top1", radius=MEDIAN_RADIUS):
-    """Per-image confidence statistics in the memo.npz format (SPEC_INTERFACES.md).
+    """Per-image confidence statistics in the memo.npz format (docs/artifacts.md).
 
     logits: float32 [N, C, h, w] (or [C, h, w] for one image) at the exit's native resolution.
     Returns (hist_edge int32 [N, bins], hist_raw int32 [N, bins], mean_conf float32 [N]) without the N axis

@@ -1,4 +1,4 @@
-"""Small real ONNX graph folders in the exporter's format (SPEC_INTERFACES.md manifest.json), built with
+"""Small real ONNX graph folders in the exporter's format (docs/artifacts.md manifest.json), built with
 onnx.helper only (no torch, so tests that time onnxruntime can use them in-process).
 
 ``make_onnx_dir(out_dir, ...)`` writes one graph per segment, per head, the final exit, one upsample graph
@@ -214,7 +214,7 @@ def write_split_instance(engines, frames, path, exits=("head_e0_c1b1r0h0", "head
     """An input-dependent instance.json over ``exits`` (exit points 0, 1, ...) whose first threshold is set
     between the middle two image confidences of ``frames`` (preprocessed), so about half of them leave there and
     no later exit fires (th_img 1.01). Writes it to ``path``; returns the dict. ``extra``: more instance fields."""
-    from mess_edge.runtime.chain import ReferenceChain
+    from mess_edge.run.chain import ReferenceChain
 
     inst = dict({"format": "mess-edge-instance/1", "setting": "input-dependent", "final": True, "th_pix": 0.6,
                  "policy": "edge", "manifest_sha256": engines.sidecar["manifest_sha256"],

@@ -1,10 +1,13 @@
 """Shared fixtures: a small DigitScenes folder and tiny trained checkpoints (built once per session)."""
 
 import os
+import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Tests live in one folder per stage (tests/run/, tests/build/, ...); their shared helpers (_fixtures.py) here.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="session")

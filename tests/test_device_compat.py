@@ -7,8 +7,9 @@ import subprocess
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEVICE_PATHS = ["mess_edge/runtime", "mess_edge/search", "mess_edge/data", "mess_edge/metrics.py",
+DEVICE_PATHS = ["mess_edge/runtime", "mess_edge/build", "mess_edge/profile", "mess_edge/run", "mess_edge/search", "mess_edge/data", "mess_edge/metrics.py",
                 "mess_edge/confidence.py", "mess_edge/errors.py", "mess_edge/artifacts.py", "mess_edge/cli.py",
+                "mess_edge/calibrate/commands.py", "mess_edge/train/commands.py", "mess_edge/export/commands.py",
                 "mess_edge/progress.py", "mess_edge/__init__.py"]
 
 

@@ -1,1 +1,1 @@
-"""model."""
+"""The multi-exit network: backbones, exit heads, the confidence gate, MAC counts, presets."""

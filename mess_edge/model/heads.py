@@ -40,10 +40,6 @@ class ExitArch:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d):
-        return cls(int(d["crm"]), int(d["blocks"]), int(d["rdi"]), int(d["head"]))
-
-    @classmethod
     def parse(cls, name):
         """'c1b2r0h1' -> ExitArch(1, 2, 0, 1)."""
         import re

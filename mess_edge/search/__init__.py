@@ -8,7 +8,7 @@
 
 from mess_edge.search.costs import (CostTable, cost_anytime, cost_budgeted, cost_final_only, cost_input_dependent,
                                     cost_upsample, costs_from_lut, costs_from_manifest, make_cost_table)
-from mess_edge.search.engine import DesignPoints, Objective, SearchResult, search
+from mess_edge.search.optimizer import DesignPoints, Objective, SearchResult, search
 from mess_edge.search.inputs import SearchInputs, load_search_inputs
 from mess_edge.search.instance import instance_dict, simulate
 from mess_edge.search.memo import Memo, load_memo, miou_from_stats

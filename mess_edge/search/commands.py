@@ -31,6 +31,6 @@ import click
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="instance.json to write.")
 def search(**kwargs):
     """Search exits, architectures and thresholds for one inference setting (paper sec. 5.1, eqs. 4-6)."""
-    from mess_edge.search.run import SearchOptions, run_search
+    from mess_edge.search.driver import SearchOptions, run_search
 
     click.echo(run_search(SearchOptions(**kwargs)))

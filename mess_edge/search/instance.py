@@ -31,7 +31,7 @@ def objective_dict(result):
 
 def instance_dict(result, memo, costs, memo_sha256=None, manifest_sha256=None, lut_sha256=None,
                   checkpoint_sha256=None):
-    """The instance.json content of a SearchResult (format in SPEC_INTERFACES.md; mIoU in percent)."""
+    """The instance.json content of a SearchResult (format in docs/artifacts.md; mIoU in percent)."""
     cfg, names = result.config, head_graph_names(costs, memo)
     exits = []
     for j, h in enumerate(cfg.heads):

@@ -8,7 +8,7 @@ The definition settled here (one early head h at exit point k, then the final ex
 1. Pixel confidence ``c`` [h, w]: the RAW top-1 confidence of head h at its native resolution (no edge
    enhancement; ``mess_edge.confidence`` computes it as the head graph does, float32).
 2. Receptive-field radius R_k (native feature pixels of exit point k) of everything downstream of k (later
-   backbone blocks + final head), analytic (``mess_edge.calibrate.receptive_radius``): over the Conv2d / pooling
+   backbone blocks + final head), analytic (``mess_edge.calibrate.memoise.receptive_radius``): over the Conv2d / pooling
    layers in call order, radius += dilation * (kernel - 1) // 2 * scale, scale = the layer input's stride in
    exit-point pixels (measured from the input sizes, so a strided shortcut is not counted twice); a global
    pooling (a layer fed a 1 x 1 map, e.g. ASPP's image pooling) makes it global. Capped at max(h, w). Parallel
@@ -165,7 +165,7 @@ def lc_search(memo, costs, max_drop_pp, policy="edge"):
     "mess": {"miou", "macs", "speedup", "description", "result"} or None}; speedup = final-only MACs / MACs.
     LC ties break on higher mIoU, then lower head index, then lower threshold.
     """
-    from mess_edge.search.engine import Objective, search
+    from mess_edge.search.optimizer import Objective, search
 
     _require_lc(memo)
     if costs.model != "macs":

@@ -4,7 +4,6 @@ Every random choice is a function of (seed, epoch, sample index), so a run resum
 the batches an uninterrupted run would, with or without DataLoader workers.
 """
 
-import json
 import os
 
 import numpy as np
@@ -75,11 +74,3 @@ def class_names(root, num_classes):
         with open(path) as f:
             return [ln.strip() for ln in f if ln.strip()]
     return [str(i) for i in range(num_classes)]
-
-
-def dataset_fingerprint(root):
-    meta = os.path.join(root, "digitscenes.json")
-    if os.path.isfile(meta):
-        with open(meta) as f:
-            return json.load(f)
-    return {"root": os.path.abspath(root)}

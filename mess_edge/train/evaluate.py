@@ -46,7 +46,7 @@ def evaluate_instance(ckpt_path, instance_path, data, split="test", max_images=N
     """Test-split mIoU and expected cost of a searched instance: memoise the split, then simulate the policy."""
     import json
 
-    from mess_edge.calibrate import memoise
+    from mess_edge.calibrate.memoise import memoise
     from mess_edge.search import simulate
 
     with open(instance_path) as f:

@@ -1,0 +1,30 @@
+"""``mess-edge build``: parse options, call ``build_engines`` (builder.py).
+
+Only click is imported here; the backends load inside the command, so `mess-edge --help` works anywhere.
+"""
+
+import click
+
+
+@click.command()
+@click.argument("onnx_dir", type=click.Path())
+@click.option("--backend", type=click.Choice(["ort", "trt"]), required=True,
+              help="ONNX Runtime (optimised graphs) or TensorRT (serialized plans).")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--calib-data", type=click.Path(), default=None,
+              help="int8: folder of calibration images (or preprocessed .npy arrays).")
+@click.option("--calib-images", type=int, default=32, show_default=True, help="int8: images used.")
+@click.option("--dla", "dla_core", type=int, default=None, help="TensorRT: build for this DLA core.")
+@click.option("--provider", type=click.Choice(["cpu", "cuda", "trt"]), default="cpu", show_default=True,
+              help="ORT: execution provider the graphs run with.")
+@click.option("--workspace-mib", type=int, default=1024, show_default=True, help="TensorRT builder workspace.")
+@click.option("--out", "out_dir", type=click.Path(), default=None,
+              help="Engine folder [default: engines/<device-id>/].")
+def build(onnx_dir, backend, precision, calib_data, calib_images, dla_core, provider, workspace_mib, out_dir):
+    """Build ONNX_DIR's graphs for this device: ORT optimised graphs or TensorRT plans, plus engine.json."""
+    from mess_edge.build.builder import build_engines
+
+    out = build_engines(onnx_dir, backend, precision, out_dir, providers=(provider,), dla_core=dla_core,
+                        calib_dir=calib_data, calib_max_images=calib_images, workspace_mib=workspace_mib,
+                        log=click.echo)
+    click.echo("engines written to {}".format(out))

@@ -1,0 +1,88 @@
+"""Device-side commands `profile` and `bench`: parse options, call one library function.
+
+Only click is imported here; the backends load inside the commands, so `mess-edge --help` works anywhere.
+"""
+
+import click
+
+
+_THREADS = click.option("--threads", type=int, default=None,
+                        help="ONNX Runtime: threads of the process-wide pool [default: physical cores].")
+
+
+def _own_ort_threads(threads):
+    """This process owns its ONNX Runtime use: one global pool, as the chain will run (no-op for TRT)."""
+    from mess_edge.runtime.ort_runner import configure_ort_threads
+
+    configure_ort_threads(threads)
+
+
+def _progress(i, n, name, stats):
+    click.echo("[{:>3}/{}] {:<26} median {:8.4f} ms  p90 {:8.4f} ms  p99 {:8.4f} ms  n {}".format(
+        i, n, name, stats.median_ms, stats.p90_ms, stats.p99_ms, stats.n))
+
+
+@click.command()
+@click.argument("engine_dir", type=click.Path())
+@click.option("--out", type=click.Path(), default=None, help="LUT path [default: ENGINE_DIR/lut.json].")
+@click.option("--min-iters", type=int, default=50, show_default=True, help="Timed runs per graph, at least.")
+@click.option("--min-seconds", type=float, default=1.0, show_default=True, help="Seconds per graph, at least.")
+@click.option("--warmup-s", type=float, default=0.5, show_default=True, help="Untimed seconds per graph first.")
+@click.option("--th-pix", type=float, default=0.5, show_default=True, help="Pixel threshold fed to heads.")
+@_THREADS
+@click.option("--alone", is_flag=True, help="ORT: time every graph alone in a loop instead of inside chained "
+              "frames (warm caches: predicts chained latency too low on CPUs).")
+def profile(engine_dir, out, min_iters, min_seconds, warmup_s, th_pix, threads, alone):
+    """Time every graph of ENGINE_DIR, and on ORT every stretch of segments the chain fuses, inside chained frames,
+    and write the latency table (lut.json)."""
+    import os
+
+    from mess_edge.profile.latency_table import ProfileConfig, profile_engines
+
+    config = ProfileConfig(min_iters=min_iters, min_seconds=min_seconds, warmup_s=warmup_s, th_pix=th_pix,
+                           in_chain=not alone)
+    _own_ort_threads(threads)
+    profile_engines(engine_dir, out, config, progress=_progress)
+    click.echo("latency table written to {}".format(out or os.path.join(engine_dir, "lut.json")))
+
+
+@click.command()
+@click.argument("engine_dir", type=click.Path())
+@click.option("--min-seconds", type=float, default=0.3, show_default=True, help="Seconds per graph, at least.")
+@click.option("--pairs", type=int, default=200, show_default=True, help="Interleaved chain/monolithic pairs.")
+@click.option("--instance", "instance_path", type=click.Path(dir_okay=False), default=None,
+              help="Instead: this instance's chain vs the final-only paths on real frames (--data or --source).")
+@click.option("--data", type=click.Path(file_okay=False), default=None,
+              help="--instance: VOC-layout folder (DigitScenes or yours); its labels give each path's mIoU.")
+@click.option("--split", default="test", show_default=True, help="--instance --data: the split to use.")
+@click.option("--source", default=None, help="--instance: a video file or images instead of --data (no mIoU).")
+@click.option("--images", type=click.IntRange(1), default=200, show_default=True, help="--instance: frames used.")
+@click.option("--reps", type=click.IntRange(1), default=3, show_default=True, help="--instance: passes over them.")
+@click.option("--deadline-ms", type=float, default=None, help="--instance: anytime instances' deadline per frame.")
+@click.option("--json", "json_out", type=click.Path(), default=None, help="Also save the result as JSON.")
+@_THREADS
+def bench(engine_dir, min_seconds, pairs, instance_path, data, split, source, images, reps, deadline_ms, json_out,
+          threads):
+    """Latency and GMAC/s of every graph; chained final-only path vs the fastest monolithic setting. With
+    --instance: the instance's measured speedup over final-only, interleaved frame by frame on real frames."""
+    from mess_edge.artifacts import write_json_atomic
+
+    _own_ort_threads(threads)
+    if instance_path is not None:
+        from mess_edge.profile.instance_bench import bench_instance, format_instance_bench
+
+        result = bench_instance(engine_dir, instance_path, data, split, source, images, reps, deadline_ms)
+        click.echo(format_instance_bench(result))
+        if json_out:
+            write_json_atomic(json_out, result)
+        return
+    if data is not None or source is not None:
+        from mess_edge.errors import MessError
+
+        raise MessError("got --data/--source without --instance; expected --instance INSTANCE.json with them")
+    from mess_edge.profile.bench import BenchConfig, bench_engines, format_bench
+
+    result = bench_engines(engine_dir, BenchConfig(min_seconds=min_seconds, pairs=pairs), progress=_progress)
+    click.echo(format_bench(result))
+    if json_out:
+        write_json_atomic(json_out, result)

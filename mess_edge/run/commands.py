@@ -1,0 +1,45 @@
+"""``mess-edge run``: parse options, call ``run_stream`` (loop.py). Only click is imported at the top."""
+
+import click
+
+from mess_edge.run.loop import RunConfig, parse_size, run_stream
+from mess_edge.run.stats import format_stats
+
+
+@click.command()
+@click.argument("instance", type=click.Path(dir_okay=False))
+@click.option("--engines", "engine_dir", required=True, type=click.Path(file_okay=False),
+              help="Engine folder built on this device (mess-edge build).")
+@click.option("--camera", type=int, default=None, help="Camera index (OpenCV / V4L2).")
+@click.option("--source", default=None, help="Video file, image folder or glob, rtsp:// or http:// URL.")
+@click.option("--camera-size", default=None, help="Cameras: ask for WIDTHxHEIGHT, e.g. 1280x720.")
+@click.option("--camera-fps", type=float, default=None, help="Cameras: ask for this frame rate.")
+@click.option("--camera-fourcc", default=None, help="Cameras: ask for this pixel format, e.g. MJPG (more fps on USB).")
+@click.option("--output", default=None, help="Overlay video (.mp4, .avi) or a folder of PNG frames.")
+@click.option("--display/--no-display", default=True, show_default=True, help="Show a window (needs DISPLAY).")
+@click.option("--stats", "stats_path", default=None, help="Write the end-of-run statistics here (JSON).")
+@click.option("--max-frames", type=int, default=None, help="Stop after N processed frames.")
+@click.option("--deadline-ms", type=float, default=None, help="Anytime instances: deadline per frame.")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime threads [default: physical cores].")
+@click.option("--realtime/--no-realtime", default=False, show_default=True,
+              help="Files: play at the file's fps, dropping frames like a camera (default: every frame).")
+@click.option("--loop", is_flag=True, help="Files: start again at the end.")
+@click.option("--timeout-s", type=float, default=5.0, show_default=True, help="Streams: open / read timeout.")
+@click.option("--final-only-every", type=click.IntRange(1), default=5, show_default=True,
+              help="Run the final-only comparison on every K-th frame.")
+@click.option("--final-only-frames", type=int, default=20, show_default=True,
+              help="Also time the final-only path on N frames (every K-th, see above), paired with the same frames' "
+              "instance times: the speedup; 0: off.")
+def run(instance, engine_dir, camera, source, camera_size, camera_fps, camera_fourcc, output, display, stats_path,
+        max_frames, deadline_ms, threads, realtime, loop, timeout_s, final_only_every, final_only_frames):
+    """Run INSTANCE on a camera, a file or a stream: overlaid frames out, statistics at the end."""
+    from mess_edge.runtime.ort_runner import configure_ort_threads
+
+    configure_ort_threads(threads)  # this process owns its ONNX Runtime use: one pool for every engine
+    cfg = RunConfig(instance=instance, engines=engine_dir, camera=camera, source=source, output=output,
+                    display=display, stats=stats_path, max_frames=max_frames, deadline_ms=deadline_ms,
+                    realtime=realtime, loop=loop, timeout_s=timeout_s, final_only_frames=final_only_frames,
+                    final_only_every=final_only_every, camera_fps=camera_fps, camera_fourcc=camera_fourcc,
+                    camera_size=None if camera_size is None else parse_size(camera_size))
+    stats = run_stream(cfg, log=lambda line: click.echo(line, err=True))
+    click.echo(format_stats(stats))

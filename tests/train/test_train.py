@@ -1,0 +1,132 @@
+"""Two-stage training: losses against plain references, frozen stage 2, resume, DDP, eval, checkpoints."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from mess_edge.errors import MessError  # noqa: E402
+from mess_edge.train import losses  # noqa: E402
+from mess_edge.train.checkpoint import build_model, load_checkpoint  # noqa: E402
+from mess_edge.train.trainer import TrainConfig, train  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+QUIET = dict(log=lambda *a: None)
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(axis=0, keepdims=True))
+    return e / e.sum(axis=0, keepdims=True)
+
+
+def test_pfd_against_pixel_loop_reference():
+    g = torch.Generator().manual_seed(0)
+    student = torch.randn(2, 4, 5, 6, generator=g, dtype=torch.float64)
+    teacher = torch.randn(2, 4, 5, 6, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 4, (2, 5, 6), generator=g)
+    labels[0, 0, :3] = 255
+    alpha = 0.3
+    got = float(losses.exit_loss("pfd", student, teacher, labels, alpha))
+    s, t, y = student.numpy(), teacher.numpy(), labels.numpy()
+    ce_terms, kl_terms = [], []
+    for b in range(2):
+        ps, pt = _softmax(s[b]), _softmax(t[b])
+        for r in range(5):
+            for c in range(6):
+                if y[b, r, c] == 255:
+                    continue
+                kl_terms.append(sum(pt[k, r, c] * np.log(pt[k, r, c] / ps[k, r, c]) for k in range(4)))
+                if t[b, :, r, c].argmax() == y[b, r, c]:  # positive filter: the final exit is right here
+                    ce_terms.append(-np.log(ps[y[b, r, c], r, c]))
+    want = alpha * np.mean(ce_terms) + (1 - alpha) * np.mean(kl_terms)
+    assert got == pytest.approx(want, rel=1e-9)
+    # KL direction: KL(teacher || student), not the reverse.
+    kd = float(losses.exit_loss("kd", student, teacher, labels))
+    assert kd == pytest.approx(np.mean(kl_terms), rel=1e-9)
+    sd = float(losses.exit_loss("selfdistill", student, teacher, labels, alpha))
+    ce_all = float(torch.nn.functional.cross_entropy(student, labels, ignore_index=255))
+    assert sd == pytest.approx(alpha * ce_all + (1 - alpha) * np.mean(kl_terms), rel=1e-9)
+
+
+def test_positive_filter_mask():
+    teacher = torch.tensor([[[[5.0, 0.0]], [[0.0, 5.0]]]])  # predicts class 0 at pixel 0, class 1 at pixel 1
+    labels = torch.tensor([[[0, 0]]])
+    assert losses.positive_filter(teacher, labels).tolist() == [[[0, 255]]]
+
+
+def test_exit_dropout_schedules():
+    assert [losses.stage1_exits(j, 3, "roundrobin") for j in range(5)] == [[0], [1], [2], [0], [1]]
+    # eq. 2 as printed, 1-based batch j = step + 1 and exit i: i joins when j mod i == 0.
+    assert [losses.stage1_exits(j, 3, "literal") for j in range(6)] == [[0], [0, 1], [0, 2], [0, 1], [0], [0, 1, 2]]
+    assert losses.stage1_exits(4, 3, "all") == [0, 1, 2] and losses.stage1_exits(4, 3, "none") == []
+
+
+def test_stage2_keeps_backbone_and_final_bit_identical(tiny_ckpts, scenes, tmp_path):
+    s1, s2 = tiny_ckpts
+    a = load_checkpoint(s1)["state_dict"]
+    b = load_checkpoint(s2)["state_dict"]
+    frozen = [k for k in a if k.startswith(("backbone.", "final_head."))]
+    assert frozen and all(torch.equal(a[k], b[k]) for k in frozen)  # BN running stats included
+    heads = [k for k in b if k.startswith("exits.") and "c1b1r1h1" in k and k.endswith("weight")]
+    assert heads
+    m2 = build_model(load_checkpoint(s2))
+    assert len(m2.heads()) == 2 * len(m2.exit_points)
+    assert load_checkpoint(s2)["metrics"]["backbone_passes"] == 2  # one backbone pass per batch, not per head
+
+
+def test_resume_equals_uninterrupted(scenes, tmp_path):
+    common = dict(data=scenes, stage=1, preset="tiny", epochs=2, batch_size=8, val_images=0, seed=5)
+    full, part = str(tmp_path / "full.pt"), str(tmp_path / "part.pt")
+    train(TrainConfig(out=full, max_steps=4, **common), **QUIET)
+    train(TrainConfig(out=part, max_steps=2, **common), **QUIET)
+    assert load_checkpoint(part)["step"] == 2
+    train(TrainConfig(out=part, max_steps=4, resume=True, **common), **QUIET)
+    a, b = load_checkpoint(full)["state_dict"], load_checkpoint(part)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(MessError, match="trained with different lr"):
+        train(TrainConfig(out=part, max_steps=6, resume=True, lr=0.1, **common), **QUIET)
+
+
+def test_corrupt_and_foreign_checkpoints(tmp_path, tiny_ckpts):
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(open(tiny_ckpts[0], "rb").read()[:2000])
+    with pytest.raises(MessError, match=r"cannot read checkpoint .*trunc\.pt .*truncated or not a mess-edge"):
+        load_checkpoint(str(trunc))
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(2)}, foreign)
+    with pytest.raises(MessError, match="is not a mess-edge checkpoint"):
+        load_checkpoint(str(foreign))
+    r = subprocess.run([sys.executable, "-m", "mess_edge.cli", "eval", str(trunc), "--data", "nowhere"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith("error: cannot read checkpoint")
+
+
+def test_eval_json_fields(tiny_ckpts, scenes):
+    r = subprocess.run([sys.executable, "-m", "mess_edge.cli", "eval", tiny_ckpts[1], "--data", scenes, "--json"],
+                       capture_output=True, text=True, cwd=ROOT, check=True)
+    res = json.loads(r.stdout)
+    assert set(res["final"]) >= {"miou", "gmacs"} and 0 <= res["final"]["miou"] <= 100
+    assert len(res["exits"]) == 6
+    e = res["exits"][0]
+    assert set(e) >= {"exit", "arch", "miou", "gmacs"} and set(e["arch"]) == {"crm", "blocks", "rdi", "head"}
+    assert res["n_images"] == 16 and res["final"]["gmacs"] > e["gmacs"] > 0
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(scenes, tmp_path):
+    out = str(tmp_path / "ddp.pt")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+           "-m", "mess_edge.cli", "train", "--preset", "tiny", "--data", scenes, "--stage", "1",
+           "--epochs", "1", "--batch-size", "4", "--max-steps", "2", "--val-images", "0", "--out", out]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    ck = load_checkpoint(out)
+    assert ck["step"] == 2 and ck["metrics"]["backbone_passes"] == 2
+    assert r.stdout.count("wrote ") == 1  # rank 0 alone logs and writes
