@@ -1,6 +1,6 @@
 """Brute-force reference of the search: Python loops over configurations, full confusion matrices summed.
 
-Slow and obvious on purpose: the tests hold the vectorised search (space.py, engine.py) to it on random
+Slow and obvious on purpose: the tests hold the vectorised search (space.py, families.py, optimizer.py) to it on random
 small memos. It shares with the fast path only the definitions (Table 1's formulas, the threshold grids, the
 objective, the enumeration order), never the arithmetic over the memo.
 """
