@@ -39,6 +39,11 @@ import numpy as np
 
 from mess_edge.errors import MessError
 
+# The pixel threshold fed to heads wherever no searched one applies: export's parity check, profiling, bench,
+# INT8 calibration, and instances without a threshold (their confidence then goes unused). Timings do not
+# depend on it: every graph computes the same whatever the threshold.
+DEFAULT_TH_PIX = 0.5
+
 HIST_BINS = 100  # memo.npz: B uniform bins on [0, 1]
 MEDIAN_RADIUS = 2  # eq. 9: +-2 native pixels = +-2 os full-resolution pixels
 KINDS = ("top1", "entropy")

@@ -318,3 +318,35 @@ def test_confidence_imports_and_runs_without_torch():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root).stdout
     assert out.split() == ["0.5", "0.5"]
+
+
+def test_one_default_pixel_threshold_everywhere():
+    """Profile, bench, export's parity check, INT8 calibration and the chain all feed DEFAULT_TH_PIX; no module
+    writes the value out again: the grep catches every form it had before (`th_pix: float = 0.5`,
+    `TH_PIX_CHECK = 0.5`, `np.array([0.5], ...)`, `f(..., 0.5)` arguments)."""
+    import re
+
+    from mess_edge import confidence
+    from mess_edge.profile.commands import profile
+    from mess_edge.profile.latency_table import ProfileConfig
+    from mess_edge.run import chain
+
+    assert chain.DEFAULT_TH_PIX is confidence.DEFAULT_TH_PIX == 0.5
+    assert ProfileConfig().th_pix == confidence.DEFAULT_TH_PIX
+    assert [p.default for p in profile.params if p.name == "th_pix"] == [confidence.DEFAULT_TH_PIX]
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "mess_edge")
+    literal = re.compile(r"th_pix\s*(:\s*\w+\s*)?=\s*0\.5\b|TH_PIX\w*\s*=\s*0\.5\b|\[0\.5\]|\w\(.*,\s*0\.5\s*[,)]")
+    found = []
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                with open(path) as f:
+                    found += ["{}:{}".format(os.path.relpath(path, root), i + 1) for i, line in enumerate(f)
+                              if literal.search(line)]
+    assert found == ["confidence.py:{}".format(_line_of(confidence, "DEFAULT_TH_PIX = 0.5"))]
+
+
+def _line_of(module, text):
+    with open(module.__file__) as f:
+        return next(i + 1 for i, line in enumerate(f) if line.startswith(text))

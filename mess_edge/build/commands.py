@@ -13,11 +13,12 @@ import click
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
 @click.option("--calib-data", type=click.Path(), default=None,
               help="int8: folder of calibration images (or preprocessed .npy arrays).")
-@click.option("--calib-images", type=int, default=32, show_default=True, help="int8: images used.")
+@click.option("--calib-images", type=click.IntRange(min=1), default=32, show_default=True, help="int8: images used.")
 @click.option("--dla", "dla_core", type=int, default=None, help="TensorRT: build for this DLA core.")
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "trt"]), default="cpu", show_default=True,
               help="ORT: execution provider the graphs run with.")
-@click.option("--workspace-mib", type=int, default=1024, show_default=True, help="TensorRT builder workspace.")
+@click.option("--workspace-mib", type=click.IntRange(1, 1 << 20), default=1024, show_default=True,
+              help="TensorRT builder workspace in MiB (1 .. 1048576).")
 @click.option("--out", "out_dir", type=click.Path(), default=None,
               help="Engine folder [default: engines/<device-id>/].")
 def build(onnx_dir, backend, precision, calib_data, calib_images, dla_core, provider, workspace_mib, out_dir):

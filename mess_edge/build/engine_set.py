@@ -6,6 +6,7 @@ Engines are not portable: a folder built on another device, with another version
 or whose files changed since the build is refused with the command that rebuilds it here.
 """
 
+import json
 import os
 
 from mess_edge.artifacts import read_json, sha256_file
@@ -16,6 +17,11 @@ FORMAT = "mess-edge-engines/1"
 SIDECAR = "engine.json"
 MANIFEST = "manifest.json"
 BACKEND_LIBRARY = {"ort": "onnxruntime", "trt": "tensorrt"}  # backend -> the library whose version must match
+# The sidecar fields the readers use, with their JSON types; build_engines writes more (docs/artifacts.md).
+SIDECAR_FIELDS = (("backend", str), ("precision", str), ("device", dict), ("versions", dict),
+                  ("manifest_sha256", str), ("graphs", list))
+GRAPH_FIELDS = (("name", str), ("file", str), ("sha256", str), ("precision", str))
+_JSON_TYPE = {str: "a string", dict: "an object", list: "a list"}
 
 
 class EngineSet(object):
@@ -62,10 +68,12 @@ def load_engines(engine_dir, verify_files=True):
     of the backend library, or whose files or manifest changed since the build.
     """
     sidecar = read_json(os.path.join(engine_dir, SIDECAR), "engine sidecar")
-    if sidecar.get("format") != FORMAT:
+    if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT:
         raise MessError("got {} with format {!r}; expected {!r}; try mess-edge build ONNX_DIR --out {}".format(
-            os.path.join(engine_dir, SIDECAR), sidecar.get("format"), FORMAT, engine_dir))
+            os.path.join(engine_dir, SIDECAR), sidecar.get("format") if isinstance(sidecar, dict) else None, FORMAT,
+            engine_dir))
     rebuild = sidecar.get("rebuild_command", "mess-edge build ONNX_DIR --out {}".format(engine_dir))
+    _check_sidecar(sidecar, os.path.join(engine_dir, SIDECAR), rebuild)
     backend = sidecar["backend"]
     device = describe_device(backend, tuple(sidecar.get("providers", ("cpu",))), sidecar.get("dla_core"))
     if device["id"] != sidecar["device"]["id"]:
@@ -79,6 +87,11 @@ def load_engines(engine_dir, verify_files=True):
             engine_dir, lib, built_with, lib, here, rebuild))
     manifest_path = os.path.join(engine_dir, MANIFEST)
     manifest = read_json(manifest_path, "manifest")
+    built = {g["name"] for g in sidecar["graphs"]}
+    lacking = [g["name"] for g in manifest.get("graphs", []) if g.get("name") not in built]
+    if lacking:
+        raise MessError("{} has no engine for graph(s) {} of {}; rebuild: {}".format(
+            os.path.join(engine_dir, SIDECAR), ", ".join(lacking[:3]), manifest_path, rebuild))
     if sha256_file(manifest_path) != sidecar["manifest_sha256"]:
         raise MessError("{} differs from the manifest the engines were built from; rebuild: {}".format(
             manifest_path, rebuild))
@@ -89,3 +102,31 @@ def load_engines(engine_dir, verify_files=True):
                 raise MessError("engine file {} is missing or changed since the build; rebuild: {}".format(
                     path, rebuild))
     return EngineSet(engine_dir, sidecar, manifest)
+
+
+def _check_sidecar(sidecar, path, rebuild):
+    """One MessError line naming the file and the first field that is missing or of the wrong JSON type."""
+    def field(obj, key, typ, where):
+        if key not in obj:
+            problem = "lacks field {}".format(where)
+        elif not isinstance(obj[key], typ):
+            problem = "has field {} = {}".format(where, json.dumps(obj[key])[:60])
+        else:
+            return
+        raise MessError("got {} that {}; expected {} as `mess-edge build` writes it; rebuild: {}".format(
+            path, problem, _JSON_TYPE[typ], rebuild))
+
+    for key, typ in SIDECAR_FIELDS:
+        field(sidecar, key, typ, key)
+    if sidecar["backend"] not in BACKEND_LIBRARY:
+        raise MessError("got {} with backend {!r}; expected one of {}; rebuild: {}".format(
+            path, sidecar["backend"], ", ".join(sorted(BACKEND_LIBRARY)), rebuild))
+    field(sidecar["device"], "id", str, "device.id")
+    if "providers" in sidecar:
+        field(sidecar, "providers", list, "providers")
+    for i, g in enumerate(sidecar["graphs"]):
+        if not isinstance(g, dict):
+            raise MessError("got {} with graphs[{}] = {}; expected an object; rebuild: {}".format(
+                path, i, json.dumps(g)[:60], rebuild))
+        for key, typ in GRAPH_FIELDS:
+            field(g, key, typ, "graphs[{}].{}".format(i, key))

@@ -69,9 +69,12 @@ def _head_feeds(g, features):
     if features is None:
         return None
     import numpy as np
+
+    from mess_edge.confidence import DEFAULT_TH_PIX
+
     names = [i["name"] for i in g["inputs"]]
     # Heads take a pixel threshold; the final graph (which ends in labels) takes the feature alone.
-    return [{n: (f if n == "feat" else np.array([0.5], np.float32)) for n in names} for f in features]
+    return [{n: (f if n == "feat" else np.array([DEFAULT_TH_PIX], np.float32)) for n in names} for f in features]
 
 
 def _reference_runner():

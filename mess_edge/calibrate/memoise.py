@@ -69,15 +69,16 @@ def exit_point_radii(net, x):
     return [receptive_radius(downstream(k), feats[k], net) for k in range(len(net.exit_points))]
 
 
-def memoise(ckpt_path, data, split="cal", max_images=None, batch_size=16, progress=True):
-    """Run the checkpoint's heads over a split and return a ``mess_edge.search.Memo``."""
+def memoise(ckpt_path, data, split="cal", max_images=None, batch_size=16, progress=True, desc=None):
+    """Run the checkpoint's heads over a split and return a ``mess_edge.search.Memo``; ``progress``: a bar
+    (or log lines) on stderr named ``desc`` [calibrate SPLIT]."""
     import torch
     from torch.nn import functional as F
 
     from mess_edge.artifacts import sha256_file
     from mess_edge.confidence import HIST_BINS, _pixel_confidence_f32, confidence_histograms, hist_bin_edges
     from mess_edge.metrics import confusion_matrix
-    from mess_edge.progress import Progress
+    from mess_edge.progress import progress as progress_bar
     from mess_edge.search.lc import LC_TH, cover_histogram, lc_stats
     from mess_edge.search.memo import MEMO_FORMAT, Memo
     from mess_edge.train.checkpoint import build_model, load_checkpoint
@@ -99,7 +100,8 @@ def memoise(ckpt_path, data, split="cal", max_images=None, batch_size=16, progre
     lc_cover = np.zeros((H, n, HIST_BINS), np.int32)
     lc_stat = np.zeros((H, n, len(lc_th), 3 * C), np.int32)
     radii = None
-    with torch.no_grad(), Progress(n, "calibrate {}".format(split), enabled=progress) as bar:
+    with torch.no_grad(), progress_bar(n, desc or "calibrate {}".format(split), progress,
+                                         unit="images") as bar:
         for start in range(0, n, batch_size):
             idx = list(range(start, min(n, start + batch_size)))
             items = [ds[i] for i in idx]

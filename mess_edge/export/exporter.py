@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from mess_edge.artifacts import sha256_file, write_json_atomic
+from mess_edge.confidence import DEFAULT_TH_PIX
 from mess_edge.data.voc import IMAGENET_MEAN, IMAGENET_STD
 from mess_edge.errors import MessError
 from mess_edge.export import graphs
@@ -24,7 +25,6 @@ from mess_edge.model.macs import macs_of
 
 OPSET = 17
 FORMAT = "mess-edge-manifest/1"
-TH_PIX_CHECK = 0.5
 
 
 def _io(name, t):
@@ -107,7 +107,7 @@ def _replace_dir(tmp, out_dir):
 def _export_all(net, heads, hw, out, log, onnx):
     gen = torch.Generator().manual_seed(0)
     image = torch.randn(1, 3, hw[0], hw[1], generator=gen)
-    th = torch.tensor([TH_PIX_CHECK])
+    th = torch.tensor([DEFAULT_TH_PIX])
     with torch.no_grad():
         feats = net.forward_features(image)
     n_early = len(net.exit_points)
@@ -172,7 +172,7 @@ def _chain_parity(net, heads, entries, out, n_images=2):
     final_logits = _ort_session(probe)
     os.remove(probe)
     gen = torch.Generator().manual_seed(1)
-    th = np.array([TH_PIX_CHECK], np.float32)
+    th = np.array([DEFAULT_TH_PIX], np.float32)
     n_early = len(net.exit_points)
     final_diff, head_diff, agree, mono_agree = 0.0, 0.0, [], []
     for _ in range(n_images):

@@ -192,13 +192,9 @@ class MobileNetV2Backbone(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def load_torchvision_backbone(backbone, path):
-    """Load a torchvision-format ImageNet checkpoint (``resnet50`` or ``mobilenet_v2`` keys) with strict=True.
-
-    The classifier (``fc.*`` for ResNet; ``features.18.*`` and ``classifier.*`` for MobileNetV2) is not part
-    of a segmentation backbone: its keys are checked to be present, then dropped; every other key and shape
-    must match exactly.
-    """
+def read_state_dict(path, expected):
+    """A state dict of tensors from a ``torch.save`` file (also inside a ``state_dict`` or ``model`` entry, as
+    torchvision's reference training scripts save it). ``expected`` names the format in error messages."""
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -206,24 +202,42 @@ def load_torchvision_backbone(backbone, path):
     except Exception as e:  # pickle / zip errors come in many types
         raise MessError("cannot read pretrained checkpoint {}: {}; expected a torchvision state dict "
                         "saved with torch.save".format(path, str(e).splitlines()[0][:200]))
-    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
+    for wrapper in ("state_dict", "model"):
+        if isinstance(sd, dict) and isinstance(sd.get(wrapper), dict):
+            sd = sd[wrapper]
     if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
-        raise MessError("{} is not a state dict of tensors; expected torchvision's resnet50 or "
-                        "mobilenet_v2 format".format(path))
+        raise MessError("{} is not a state dict of tensors; expected {}".format(path, expected))
+    return sd
+
+
+def check_state_dict(got, own, path, what):
+    """Raise one MessError line unless ``got`` has exactly the keys of ``own`` with the same shapes.
+
+    ``what`` names the receiving module ("the ResNetBackbone backbone"); the message lists the first few
+    missing and unexpected keys, or the first shape that differs.
+    """
+    missing = sorted(set(own) - set(got))
+    unexpected = sorted(set(got) - set(own))
+    if missing or unexpected:
+        raise MessError("{} does not match {}: {} missing keys (e.g. {}), {} unexpected (e.g. {}); "
+                        "is it the right architecture?".format(
+                            path, what, len(missing), ", ".join(missing[:3]) or "-", len(unexpected),
+                            ", ".join(unexpected[:3]) or "-"))
+    for k in sorted(got):
+        if tuple(got[k].shape) != tuple(own[k].shape):
+            raise MessError("{}: key {} has shape {}; expected {} (a different width, depth or class "
+                            "count?)".format(path, k, tuple(got[k].shape), tuple(own[k].shape)))
+
+
+def load_torchvision_backbone(backbone, path):
+    """Load a torchvision-format ImageNet checkpoint (``resnet50`` or ``mobilenet_v2`` keys) with strict=True.
+
+    The classifier (``fc.*`` for ResNet; ``features.18.*`` and ``classifier.*`` for MobileNetV2) is not part
+    of a segmentation backbone: it is dropped; every other key and shape must match exactly.
+    """
+    sd = read_state_dict(path, "torchvision's resnet50 or mobilenet_v2 format")
     drop_prefixes = ("fc.",) if isinstance(backbone, ResNetBackbone) else ("features.18.", "classifier.")
     kept = {k: v for k, v in sd.items() if not k.startswith(drop_prefixes)}
-    own = backbone.state_dict()
-    missing = sorted(set(own) - set(kept))
-    unexpected = sorted(set(kept) - set(own))
-    if missing or unexpected:
-        raise MessError("{} does not match the {} backbone: {} missing keys (e.g. {}), {} unexpected (e.g. {}); "
-                        "is it the right architecture?".format(
-                            path, type(backbone).__name__, len(missing), missing[:2], len(unexpected),
-                            unexpected[:2]))
-    for k, v in kept.items():
-        if tuple(v.shape) != tuple(own[k].shape):
-            raise MessError("{}: key {} has shape {}; expected {} (a different width or depth?)".format(
-                path, k, tuple(v.shape), tuple(own[k].shape)))
+    check_state_dict(kept, backbone.state_dict(), path, "the {} backbone".format(type(backbone).__name__))
     backbone.load_state_dict(kept, strict=True)
     return backbone

@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from mess_edge.model.backbones import MobileNetV2Backbone, ResNetBackbone
 from mess_edge.model.heads import ALL_ARCHS, ExitArch, ExitHead, build_final_head
 from mess_edge.model.macs import macs_of, ops_of, place_exits
+from mess_edge.errors import MessError
 from mess_edge.model.presets import get_preset
 
 
@@ -34,6 +35,16 @@ class ExitPoint:
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+
+def exit_blocks_for(preset_name, blocks, n_exits):
+    """place_exits for a user's ``--exits N``: N outside 2..(blocks - 1) is one MessError line, not a ValueError."""
+    most = len(blocks) - 1  # early exits sit on distinct blocks 1 .. B-2; the final exit is the backbone's end
+    if not 2 <= n_exits <= most:
+        raise MessError("got --exits {} for preset {} ({} backbone blocks); expected 2..{} exit points, the final "
+                        "exit included; try --exits {}".format(n_exits, preset_name, len(blocks), most,
+                                                               min(max(n_exits, 2), most)))
+    return place_exits([b["macs"] for b in blocks], n_exits)
 
 
 def build_backbone(preset):
@@ -71,7 +82,7 @@ class MultiExitNet(nn.Module):
         self.input_hw = tuple(int(v) for v in (input_hw or p.input_hw))
         blocks, dilations = profile_blocks(p, self.input_hw)
         if exit_blocks is None:
-            exit_blocks = place_exits([b["macs"] for b in blocks], int(n_exits or p.n_exits))
+            exit_blocks = exit_blocks_for(preset, blocks, int(n_exits or p.n_exits))
         exit_blocks = [int(b) for b in exit_blocks]
         total = float(sum(b["macs"] for b in blocks))
         self.exit_points = tuple(
@@ -184,7 +195,7 @@ def cost_profile(preset, num_classes=None, input_hw=None, n_exits=None, archs=AL
     input_hw = tuple(int(v) for v in (input_hw or p.input_hw))
     blocks, dilations = profile_blocks(p, input_hw)
     backbone_macs = sum(b["macs"] for b in blocks)
-    exit_blocks = place_exits([b["macs"] for b in blocks], int(n_exits or p.n_exits))
+    exit_blocks = exit_blocks_for(preset, blocks, int(n_exits or p.n_exits))
     with torch.device("meta"):
         last = blocks[-1]
         feat = torch.empty(1, last["out_channels"], *last["hw"])

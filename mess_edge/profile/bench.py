@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from mess_edge.confidence import DEFAULT_TH_PIX
 from mess_edge.profile import timing
 from mess_edge.build.engine_set import load_engines
 from mess_edge.profile.latency_table import ROLE_ORDER, ProfileConfig, random_feed, threading_setting, time_graph
@@ -111,7 +112,7 @@ def own_pool_pilot(path, threads, seconds, warmup_s, seed=0):
     n = int(threads)
     configure_ort_threads(n, global_pool=False)
     with OrtRunner(path, threads=n, spinning=True) as r:
-        feed = random_feed(r.input_metadata.values(), 0.5, np.random.default_rng(seed))
+        feed = random_feed(r.input_metadata.values(), DEFAULT_TH_PIX, np.random.default_rng(seed))
         return timing.time_fn(lambda: r.infer(feed, False), 20, seconds, warmup_s).median_ms
 
 
@@ -150,7 +151,7 @@ def bench_engines(engine_dir, config=BenchConfig(), progress=None):
     """
     engines = load_engines(engine_dir)
     rng = np.random.default_rng(config.seed)
-    pcfg = ProfileConfig(config.min_iters, config.min_seconds, config.warmup_s, 0.5, config.seed)
+    pcfg = ProfileConfig(config.min_iters, config.min_seconds, config.warmup_s, DEFAULT_TH_PIX, config.seed)
     rows = []
     graphs = [g for role in ROLE_ORDER for g in engines.by_role(role)]
     for i, g in enumerate(graphs):
@@ -161,10 +162,10 @@ def bench_engines(engine_dir, config=BenchConfig(), progress=None):
             progress(i + 1, len(graphs), g["name"], s)
     h, w = engines.manifest["input_hw"]
     image = rng.standard_normal((1, 3, h, w)).astype(np.float32)
-    chain, chain_runners = _chain(engines, image, 0.5)
+    chain, chain_runners = _chain(engines, image, DEFAULT_TH_PIX)
     unfused = None
     if engines.backend == "ort":
-        unfused, more = _chain(engines, image, 0.5, fused=False)
+        unfused, more = _chain(engines, image, DEFAULT_TH_PIX, fused=False)
         chain_runners += more
     settings = _monolithic_settings(engines, image)
     try:

@@ -1,9 +1,12 @@
 """Device-side commands `profile` and `bench`: parse options, call one library function.
 
-Only click is imported here; the backends load inside the commands, so `mess-edge --help` works anywhere.
+Only click and numpy (through mess_edge.confidence's DEFAULT_TH_PIX) are imported here; the backends load
+inside the commands, so `mess-edge --help` works anywhere.
 """
 
 import click
+
+from mess_edge.confidence import DEFAULT_TH_PIX
 
 
 _THREADS = click.option("--threads", type=int, default=None,
@@ -28,7 +31,8 @@ def _progress(i, n, name, stats):
 @click.option("--min-iters", type=int, default=50, show_default=True, help="Timed runs per graph, at least.")
 @click.option("--min-seconds", type=float, default=1.0, show_default=True, help="Seconds per graph, at least.")
 @click.option("--warmup-s", type=float, default=0.5, show_default=True, help="Untimed seconds per graph first.")
-@click.option("--th-pix", type=float, default=0.5, show_default=True, help="Pixel threshold fed to heads.")
+@click.option("--th-pix", type=float, default=DEFAULT_TH_PIX, show_default=True,
+              help="Pixel threshold fed to heads (timings do not depend on it).")
 @_THREADS
 @click.option("--alone", is_flag=True, help="ORT: time every graph alone in a loop instead of inside chained "
               "frames (warm caches: predicts chained latency too low on CPUs).")
@@ -71,7 +75,8 @@ def bench(engine_dir, min_seconds, pairs, instance_path, data, split, source, im
     if instance_path is not None:
         from mess_edge.profile.instance_bench import bench_instance, format_instance_bench
 
-        result = bench_instance(engine_dir, instance_path, data, split, source, images, reps, deadline_ms)
+        result = bench_instance(engine_dir, instance_path, data, split, source, images, reps, deadline_ms,
+                                show_progress=True)
         click.echo(format_instance_bench(result))
         if json_out:
             write_json_atomic(json_out, result)

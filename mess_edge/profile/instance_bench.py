@@ -15,13 +15,15 @@ import numpy as np
 from mess_edge.errors import MessError
 
 
-def interleaved(paths, frames, labels=None, num_classes=None, reps=1, warmup=5):
+def interleaved(paths, frames, labels=None, num_classes=None, reps=1, warmup=5, show_progress=False):
     """Time ``paths`` ({name: fn(i, x) -> (label map int [H, W], graph taken or None)}) on ``frames`` (float32
     [1, 3, H, W] each), every frame through every path before the next frame, the order reversed on every other
     frame. ``labels`` (uint8 [H, W] per frame, 255 ignored) adds each path's mIoU, from the first pass.
     Returns {name: {"mean_ms", "median_ms", "n", "miou" (percent or None), "exits" ({graph: frames} or None),
-    "taken" (graph per frame or None), "ms" (per frame, first pass)}}."""
+    "taken" (graph per frame or None), "ms" (per frame, first pass)}}. ``show_progress``: a bar (or log lines)
+    on stderr, advanced outside the timed calls."""
     from mess_edge.metrics import confusion_matrix, miou
+    from mess_edge.progress import progress
 
     if not frames:
         raise MessError("got no frames to time; expected at least one image")
@@ -32,16 +34,19 @@ def interleaved(paths, frames, labels=None, num_classes=None, reps=1, warmup=5):
     times = {k: [] for k in names}
     conf = {k: np.zeros((num_classes, num_classes), np.int64) for k in names} if labels is not None else None
     taken = {k: [] for k in names}
-    for rep in range(reps):
-        for i, x in enumerate(frames):
-            for name in (names if (i + rep) % 2 == 0 else names[::-1]):
-                t0 = time.perf_counter()
-                out, graph = paths[name](i, x)
-                times[name].append((time.perf_counter() - t0) * 1e3)
-                if rep == 0:
-                    taken[name].append(graph)
-                    if conf is not None:
-                        conf[name] += confusion_matrix(out, labels[i], num_classes)
+    bar = progress(reps * len(frames), "bench {}".format(" / ".join(names)), show_progress, unit="frames")
+    with bar:
+        for rep in range(reps):
+            for i, x in enumerate(frames):
+                for name in (names if (i + rep) % 2 == 0 else names[::-1]):
+                    t0 = time.perf_counter()
+                    out, graph = paths[name](i, x)
+                    times[name].append((time.perf_counter() - t0) * 1e3)
+                    if rep == 0:
+                        taken[name].append(graph)
+                        if conf is not None:
+                            conf[name] += confusion_matrix(out, labels[i], num_classes)
+                bar.update(1)
     result = collections.OrderedDict()
     for name in names:
         ms = np.asarray(times[name])
@@ -97,13 +102,13 @@ def load_frames(engines, data=None, split="test", source=None, limit=200):
 
 
 def bench_instance(engine_dir, instance_path, data=None, split="test", source=None, images=200, reps=3,
-                   deadline_ms=None):
+                   deadline_ms=None, show_progress=False):
     """The instance's chain vs the chained final-only path and the monolithic graph on real frames, interleaved.
     Returns {"configs": interleaved's dict for "instance", "final-only", "monolithic", "baseline" (the faster
     final-only path by mean), "speedup" (baseline mean / instance mean), "paired_speedup_median" (per frame,
     baseline / instance), "predicted_speedup" (from the instance's cost table, ms instances only),
     "miou_drop_pp" (baseline - instance, with labels), "frames", "reps", ...}. ``deadline_ms``: anytime
-    instances, as `mess-edge run --deadline-ms`."""
+    instances, as `mess-edge run --deadline-ms`. ``show_progress``: as interleaved's."""
     from mess_edge.run.chain import Chain, load_instance
     from mess_edge.build.engine_set import load_engines
 
@@ -132,7 +137,8 @@ def bench_instance(engine_dir, instance_path, data=None, split="test", source=No
             mono.activate()
             image_input = monolithic[0]["inputs"][0]["name"]
             paths["monolithic"] = lambda i, x: (mono.infer({image_input: x}, check_inputs=False)["labels"][0], None)
-        configs = interleaved(paths, frames, labels, engines.manifest["num_classes"], reps)
+        configs = interleaved(paths, frames, labels, engines.manifest["num_classes"], reps,
+                              show_progress=show_progress)
     finally:
         for c in entered:
             c.__exit__(None, None, None)

@@ -1,7 +1,7 @@
 """Profile stage: time every graph of an engine folder on this device.
 
 ``profile_engines`` writes lut.json (docs/artifacts.md): every segment, head, final and upsample graph
-timed on random inputs of its real shape (th_pix 0.5) - with ONNX Runtime inside chained frames, as the
+timed on random inputs of its real shape (th_pix = confidence.DEFAULT_TH_PIX) - with ONNX Runtime inside chained frames, as the
 runtime runs them (``_time_in_chain``); with TensorRT alone, from CUDA events - and the monolithic graph
 alone, plus the conditions. With ONNX Runtime also every *stretch*: consecutive backbone graphs that the
 chain runs as one fused graph when no selected exit reads the features between them (runtime/fuse.py); the
@@ -19,6 +19,7 @@ import os
 import numpy as np
 
 from mess_edge.artifacts import write_json_atomic
+from mess_edge.confidence import DEFAULT_TH_PIX
 from mess_edge.errors import MessError
 from mess_edge.profile import timing
 from mess_edge.runtime.device import device_conditions, library_versions
@@ -33,7 +34,7 @@ class ProfileConfig:
     min_iters: int = 50        # at least this many timed runs per graph ...
     min_seconds: float = 1.0   # ... and at least this long (trtexec's --iterations and --duration)
     warmup_s: float = 0.5      # untimed runs before timing each graph
-    th_pix: float = 0.5        # pixel-confidence threshold fed to heads and the final exit
+    th_pix: float = DEFAULT_TH_PIX  # pixel-confidence threshold fed to heads and the final exit
     seed: int = 0              # random inputs
     in_chain: bool = True      # ORT: time each graph inside chained frames (see _time_in_chain), not alone
     stretches: bool = True     # ORT: also time every fused stretch of backbone graphs a chain may run

@@ -24,12 +24,12 @@ import time
 import numpy as np
 
 from mess_edge.artifacts import read_json
+from mess_edge.confidence import DEFAULT_TH_PIX
 from mess_edge.errors import MessError
 from mess_edge.run.chain_backends import make_backend
 
 INSTANCE_FORMAT = "mess-edge-instance/1"
 SETTINGS = ("final-only", "budgeted", "anytime", "input-dependent")
-DEFAULT_TH_PIX = 0.5  # fed to the heads when the instance has no pixel threshold (the confidence is then unused)
 
 FrameResult = collections.namedtuple("FrameResult", ["labels", "exit", "graph", "confidence", "times_ms"])
 FrameResult.__doc__ = """One frame through the chain: ``labels`` int32 [H, W] (the manifest's input_hw), ``exit``

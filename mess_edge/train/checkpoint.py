@@ -3,7 +3,8 @@
 A checkpoint is a dict of plain containers and tensors, so it loads with ``weights_only=True``:
 ``format``, ``model_args`` (MultiExitNet's constructor arguments: preset, classes, input size, exit blocks,
 trained architectures), ``state_dict``, ``stage``, ``train_config``, ``step``, ``epoch``, ``metrics``,
-``optimizer`` and ``parent_sha256`` (the stage-1 checkpoint a stage-2 one started from).
+``optimizer`` and ``parent_sha256`` (of the file a stage-2 one started from: a stage-1 checkpoint or a
+torchvision segmentation state dict).
 Written atomically: a crash mid-write leaves the previous file.
 """
 

@@ -6,13 +6,18 @@ import click
 
 
 @click.command()
-@click.option("--preset", default=None, help="Model preset (stage 1); see `mess-edge info`.")
+@click.option("--preset", default=None, help="Model preset; see `mess-edge info`. Stage 2 and torchvision "
+              "segmentation checkpoints imply it (a different one is refused).")
 @click.option("--data", required=True, type=click.Path(), help="VOC-layout dataset folder.")
 @click.option("--stage", type=click.IntRange(1, 2), default=1, show_default=True,
               help="1: exit-aware pre-training; 2: frozen backbone, every exit architecture jointly.")
-@click.option("--init", default=None, type=click.Path(), help="Stage 2: the stage-1 checkpoint.")
+@click.option("--init", default=None, type=click.Path(),
+              help="Stage 2: the stage-1 checkpoint, or a torchvision fcn_resnet50 / deeplabv3_resnet50 state dict "
+              "(backbone + final exit: the paper's Frozen baseline).")
 @click.option("--pretrained", default=None, type=click.Path(),
-              help="Stage 1: torchvision-format ImageNet checkpoint for the backbone (resnet50 / mobilenet_v2).")
+              help="Stage 1: a torchvision ImageNet state dict for the backbone (resnet50 / mobilenet_v2), or a "
+              "torchvision fcn_resnet50 / deeplabv3_resnet50 one for backbone + final exit (preset and classes "
+              "from the file; aux_classifier ignored).")
 @click.option("--schedule", type=click.Choice(["exit-aware", "e2e", "final-only"]), default="exit-aware",
               show_default=True, help="Stage 1: exit-dropout (ours), E2E baseline, or final exit only (Frozen).")
 @click.option("--exit-dropout", type=click.Choice(["roundrobin", "literal"]), default="roundrobin",
@@ -25,7 +30,8 @@ import click
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="CE weight in pfd/selfdistill (eq. 3).")
 @click.option("--loss-stride", type=int, default=1, show_default=True,
               help="Stage 2: compute the losses at 1/S of the label resolution (faster with many heads on a CPU).")
-@click.option("--exits", "n_exits", type=int, default=None, help="Exit points incl. the final [preset default].")
+@click.option("--exits", "n_exits", type=int, default=None,
+              help="Exit points incl. the final [preset default]; 2 .. backbone blocks - 1.")
 @click.option("--input-size", type=int, default=None, help="Square input size [preset default].")
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--batch-size", type=int, default=16, show_default=True)
@@ -42,8 +48,6 @@ def train(**kw):
     from mess_edge.errors import MessError
     from mess_edge.train.trainer import TrainConfig, train as run
 
-    if kw["stage"] == 2 and kw["preset"]:
-        raise MessError("stage 2 takes its preset from --init; drop --preset")
     if kw["epochs"] < 1 or kw["batch_size"] < 1 or kw["loss_stride"] < 1:
         raise MessError("--epochs, --batch-size and --loss-stride must be >= 1")
     cfg = TrainConfig(**kw)

@@ -14,7 +14,7 @@ def evaluate_checkpoint(ckpt_path, data, split="test", max_images=None):
     ckpt = load_checkpoint(ckpt_path)
     model = build_model(ckpt)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    val = validate(model.to(device), data, split, max_images, device)
+    val = validate(model.to(device), data, split, max_images, device, show_progress=True)
     prof = cost_profile(model.preset_name, model.num_classes, model.input_hw,
                         archs=sorted({a for _, a in model.heads()}), n_exits=len(model.exit_points) + 1)
     gm = {(a["exit"], a["name"]): a["gmacs"] for a in prof["exit_archs"]}
@@ -51,7 +51,7 @@ def evaluate_instance(ckpt_path, instance_path, data, split="test", max_images=N
 
     with open(instance_path) as f:
         inst = json.load(f)
-    memo = memoise(ckpt_path, data, split, max_images=max_images, progress=False)
+    memo = memoise(ckpt_path, data, split, max_images=max_images, desc="eval {} (instance)".format(split))
     if inst.get("checkpoint_sha256") and inst["checkpoint_sha256"] != memo.meta["checkpoint_sha256"]:
         raise MessError("instance {} was searched for another checkpoint than {}".format(instance_path, ckpt_path))
     res = simulate(memo, inst)

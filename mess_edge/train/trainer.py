@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from mess_edge.errors import MessError
 from mess_edge.model.heads import ALL_ARCHS, VANILLA_FCN, ExitArch
 from mess_edge.model.multiexit import MultiExitNet
-from mess_edge.progress import Progress
+from mess_edge.progress import progress
 from mess_edge.train import losses
 from mess_edge.train.checkpoint import build_model, load_checkpoint, save_checkpoint
 from mess_edge.train.data import SegmentationSet, epoch_order
@@ -36,9 +36,12 @@ class TrainConfig:
     data: str                          # VOC-layout dataset folder
     out: str                           # checkpoint path to write
     stage: int = 1                     # 1: exit-aware pre-training; 2: frozen backbone, all exits
-    preset: Optional[str] = None       # stage 1: model preset (stage 2 takes it from --init)
-    init: Optional[str] = None         # stage 2: the stage-1 checkpoint
-    pretrained: Optional[str] = None   # stage 1: torchvision-format ImageNet backbone weights
+    preset: Optional[str] = None       # model preset; implied by --init (stage 2) and by a torchvision
+                                       # segmentation checkpoint, where a different value is refused
+    init: Optional[str] = None         # stage 2: the stage-1 checkpoint, or a torchvision fcn_resnet50 /
+                                       # deeplabv3_resnet50 state dict (the Frozen baseline)
+    pretrained: Optional[str] = None   # stage 1: torchvision ImageNet backbone weights (resnet50, mobilenet_v2)
+                                       # or a torchvision segmentation state dict (backbone + final exit)
     schedule: str = "exit-aware"       # stage 1: exit-aware | e2e | final-only
     exit_dropout: str = "roundrobin"   # stage 1 exit-aware: roundrobin (sec. 4.3 text) | literal (eq. 2)
     space: str = "small"               # stage 2: full (64) | small (8) | comma-separated arch names
@@ -72,33 +75,21 @@ def parse_space(space):
 
 
 # These fields must match for --resume to continue the same run.
-_RUN_IDENTITY = ("data", "stage", "preset", "init", "schedule", "exit_dropout", "space", "loss", "alpha",
+_RUN_IDENTITY = ("data", "stage", "preset", "init", "pretrained", "schedule", "exit_dropout", "space", "loss", "alpha",
                  "loss_stride", "n_exits", "input_size", "epochs", "batch_size", "lr", "weight_decay", "seed")
 
 
-def _build(cfg, num_classes):
-    """The model for this stage, and the stage-1 checkpoint's sha for stage 2."""
+def _build(cfg, num_classes, log):
+    """The model for this stage, and the sha256 of the file stage 2 started from (None for stage 1)."""
     from mess_edge.artifacts import sha256_file
 
     if cfg.stage == 1:
-        if not cfg.preset:
-            raise MessError("stage 1 needs --preset; expected one of the presets of `mess-edge info`")
-        hw = (cfg.input_size, cfg.input_size) if cfg.input_size else None
-        model = MultiExitNet(cfg.preset, num_classes, hw, cfg.n_exits)
-        for k in range(len(model.exit_points)):
-            model.add_exit(k, VANILLA_FCN)
-        if cfg.pretrained:
-            from mess_edge.model.backbones import load_torchvision_backbone
-
-            load_torchvision_backbone(model.backbone, cfg.pretrained)
-        return model, None
+        return _stage1_model(cfg, num_classes, log), None
     if not cfg.init:
-        raise MessError("stage 2 needs --init CKPT, the stage-1 checkpoint")
-    first = build_model(load_checkpoint(cfg.init))
+        raise MessError("stage 2 needs --init CKPT: the stage-1 checkpoint, or a torchvision fcn_resnet50 / "
+                        "deeplabv3_resnet50 state dict (the Frozen baseline)")
+    first = _stage2_start(cfg, num_classes, log)
     args = dict(first.model_args)
-    if args["num_classes"] != num_classes:
-        raise MessError("--init {} was trained for {} classes; the dataset has {}".format(
-            cfg.init, args["num_classes"], num_classes))
     space = parse_space(cfg.space)
     args["archs"] = [[k, a.name] for k in range(len(first.exit_points)) for a in space]
     model = MultiExitNet(args.pop("preset"), **args)
@@ -106,6 +97,72 @@ def _build(cfg, num_classes):
     # Backbone and final head from stage 1; a vanilla FCN head in the space starts from stage 1's.
     model.load_state_dict({k: v for k, v in first.state_dict().items() if k in own}, strict=False)
     return model, sha256_file(cfg.init)
+
+
+def _stage1_model(cfg, num_classes, log):
+    """Vanilla FCN exits at every exit point on a fresh backbone, an ImageNet backbone (``--pretrained``
+    resnet50 / mobilenet_v2) or a torchvision segmentation network (backbone + final head)."""
+    from mess_edge.model import torchvision_seg
+
+    found = torchvision_seg.read_segmentation(cfg.pretrained) if cfg.pretrained else None
+    preset = torchvision_seg.check_preset(found[1], cfg.preset) if found else cfg.preset
+    if not preset:
+        raise MessError("stage 1 needs --preset (one of the presets of `mess-edge info`) or --pretrained with a "
+                        "torchvision segmentation checkpoint")
+    if found:
+        _check_classes(found[1].path, found[1].num_classes, num_classes)
+        log(found[1].describe())
+    hw = (cfg.input_size, cfg.input_size) if cfg.input_size else None
+    model = MultiExitNet(preset, num_classes, hw, cfg.n_exits)
+    for k in range(len(model.exit_points)):
+        model.add_exit(k, VANILLA_FCN)
+    if found:
+        torchvision_seg.load_segmentation(model, found[0], cfg.pretrained)
+    elif cfg.pretrained:
+        from mess_edge.model.backbones import load_torchvision_backbone
+
+        load_torchvision_backbone(model.backbone, cfg.pretrained)
+    return model
+
+
+def _stage2_start(cfg, num_classes, log):
+    """The network stage 2 freezes: a mess-edge stage-1 checkpoint's, or backbone + final head of a
+    torchvision segmentation state dict (the Frozen baseline: a network trained with its final exit only).
+    --preset, --exits and --input-size may repeat what the start has; a different value is refused."""
+    from mess_edge.model import torchvision_seg
+
+    try:
+        first = build_model(load_checkpoint(cfg.init))
+    except MessError as not_ours:
+        found = torchvision_seg.read_segmentation(cfg.init, not_ours)
+        preset = torchvision_seg.check_preset(found[1], cfg.preset)
+        _check_classes(cfg.init, found[1].num_classes, num_classes)
+        log(found[1].describe())
+        hw = (cfg.input_size, cfg.input_size) if cfg.input_size else None
+        return torchvision_seg.load_segmentation(MultiExitNet(preset, num_classes, hw, cfg.n_exits), found[0],
+                                                 cfg.init)
+    _check_classes(cfg.init, first.num_classes, num_classes)
+    h, w = first.input_hw
+    for flag, asked, has in (("--preset", cfg.preset, first.preset_name),
+                             ("--exits", cfg.n_exits, len(first.exit_points) + 1),
+                             ("--input-size", cfg.input_size and (cfg.input_size, cfg.input_size), (h, w))):
+        if asked and asked != has:
+            shown = (h if h == w else "{}x{}".format(h, w)) if flag == "--input-size" else has
+            raise MessError("got {} {}; {} was trained with {} {} and stage 2 keeps that network; drop {} or "
+                            "pass {} {}".format(flag, cfg.input_size if flag == "--input-size" else asked,
+                                                cfg.init, flag, shown, flag, flag, shown))
+    return first
+
+
+def _quiet(*_):
+    pass
+
+
+def _check_classes(path, has, dataset):
+    if has != dataset:
+        raise MessError("--init/--pretrained {} was trained for {} classes; got a dataset with {}; expected the "
+                        "same classes (relabel the data or start from an ImageNet backbone)".format(
+                            path, has, dataset))
 
 
 class _Stage1(torch.nn.Module):
@@ -148,7 +205,7 @@ def train(cfg, log=print):
     torch.manual_seed(cfg.seed)
     probe = SegmentationSet(cfg.data, "train", (8, 8), train=False)
     num_classes = probe.voc.num_classes
-    model, parent_sha = _build(cfg, num_classes)
+    model, parent_sha = _build(cfg, num_classes, log if dist.main else _quiet)
     # channels_last: 3x faster training of these convnets on the CPU (measured: 1.34 -> 0.43 s per
     # batch of 16 for cpu-mbv2 at 128x128); results are unchanged.
     model.to(dist.device, memory_format=torch.channels_last)
@@ -205,7 +262,7 @@ def train(cfg, log=print):
         batches = [order[b * cfg.batch_size:(b + 1) * cfg.batch_size] for b in range(first, last)]
         _set_train_mode(model, cfg.stage)
         seen, t0, loss_avg = 0, time.perf_counter(), None
-        with Progress(len(batches), "epoch {}/{}".format(epoch + 1, cfg.epochs), enabled=dist.main) as bar:
+        with progress(len(batches), "epoch {}/{}".format(epoch + 1, cfg.epochs), dist.main, unit="batches") as bar:
             for images, labels in _loader(trainset, batches, cfg.workers):
                 images = images.to(dist.device, memory_format=torch.channels_last)
                 labels = labels.to(dist.device)
@@ -222,7 +279,9 @@ def train(cfg, log=print):
                 seen += images.shape[0] * dist.world
                 lv = float(loss.detach())
                 loss_avg = lv if loss_avg is None else 0.9 * loss_avg + 0.1 * lv
-                bar.update(1, "loss {:.3f} {:.0f} img/s".format(loss_avg, seen / (time.perf_counter() - t0)))
+                bar.set_postfix_str("loss {:.3f} {:.0f} img/s".format(loss_avg, seen / (time.perf_counter() - t0)),
+                                    refresh=False)
+                bar.update(1)
         epoch_done = step % spe == 0 or step == stop_step
         if dist.main and epoch_done:
             metrics = {"loss": loss_avg, "images_per_s": seen / max(time.perf_counter() - t0, 1e-9),
@@ -269,8 +328,9 @@ def _step_loss(cfg, model, runner, images, labels, step, n_early, mode, heads):
 
 
 @torch.no_grad()
-def validate(model, data, split, max_images=None, device="cpu", batch_size=16):
-    """Per-exit mIoU (percent) on a split: {"final": m, "exits": [{"exit", "arch", "miou"}]}."""
+def validate(model, data, split, max_images=None, device="cpu", batch_size=16, show_progress=False):
+    """Per-exit mIoU (percent) on a split: {"final": m, "exits": [{"exit", "arch", "miou"}]}; with
+    ``show_progress`` a bar (or log lines) on stderr."""
     from mess_edge.metrics import confusion_matrix, miou
 
     was_training = model.training
@@ -280,14 +340,16 @@ def validate(model, data, split, max_images=None, device="cpu", batch_size=16):
     n = len(ds) if not max_images else min(len(ds), max_images)
     heads = model.heads()
     confs = {key: np.zeros((model.num_classes,) * 2, np.int64) for key in heads + ["final"]}
-    for start in range(0, n, batch_size):
-        items = [ds[i] for i in range(start, min(n, start + batch_size))]
-        x = torch.stack([a for a, _ in items]).to(device, memory_format=torch.channels_last)
-        y = torch.stack([b for _, b in items]).numpy()
-        outs = model.forward_heads(x, heads)
-        for key, logits in outs.items():
-            pred = _up(logits, y.shape[-2:]).argmax(1).cpu().numpy()
-            confs[key] += confusion_matrix(pred, y, model.num_classes)
+    with progress(n, "eval {}".format(split), show_progress, unit="images") as bar:
+        for start in range(0, n, batch_size):
+            items = [ds[i] for i in range(start, min(n, start + batch_size))]
+            x = torch.stack([a for a, _ in items]).to(device, memory_format=torch.channels_last)
+            y = torch.stack([b for _, b in items]).numpy()
+            outs = model.forward_heads(x, heads)
+            for key, logits in outs.items():
+                pred = _up(logits, y.shape[-2:]).argmax(1).cpu().numpy()
+                confs[key] += confusion_matrix(pred, y, model.num_classes)
+            bar.update(len(items))
     model.train(was_training)
     return {"final": 100 * miou(confs["final"]), "n_images": n,
             "exits": [{"exit": k, "arch": a.to_dict(), "name": a.name, "miou": 100 * miou(confs[(k, a)])}

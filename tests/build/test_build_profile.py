@@ -104,6 +104,58 @@ def test_refuses_changed_engine_file_and_missing_sidecar(built, tmp_path):
         load_engines(eng)
 
 
+@pytest.mark.parametrize("option, value, message", [
+    ("--workspace-mib", "0", "Error: Invalid value for '--workspace-mib': 0 is not in the range 1<=x<=1048576."),
+    ("--calib-images", "0", "Error: Invalid value for '--calib-images': 0 is not in the range x>=1.")])
+def test_build_option_ranges(built, tmp_path, capsys, option, value, message):
+    from mess_edge.cli import main
+
+    out = str(tmp_path / "e")
+    with pytest.raises(SystemExit) as e:
+        main(["build", built[0], "--backend", "ort", "--out", out, option, value])
+    assert e.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1] == message
+    assert not os.path.exists(out)  # refused before anything was built
+
+
+def _malformed(side, case):
+    """Edit a sidecar dict in place into one of the malformed cases; return the field the error must name."""
+    if case == "missing":
+        del side["graphs"][1]["file"]
+        return "lacks field graphs[1].file; expected a string"
+    if case == "type":
+        side["device"] = "cpu"
+        return 'has field device = "cpu"; expected an object'
+    if case == "graphs":
+        side["graphs"] = {"segment_0": {}}
+        return 'has field graphs = {"segment_0": {}}; expected a list'
+    if case == "no-id":
+        del side["device"]["id"]
+        return "lacks field device.id; expected a string"
+    if case == "short":
+        name = side["graphs"].pop()["name"]
+        return "has no engine for graph(s) {} of".format(name)
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["missing", "type", "graphs", "no-id", "short"])
+def test_malformed_sidecar_is_one_line_naming_file_and_field(built, tmp_path, case):
+    eng = _copy(built[1], str(tmp_path / "e"))
+    path = os.path.join(eng, "engine.json")
+    side = json.load(open(path))
+    field = _malformed(side, case)
+    json.dump(side, open(path, "w"))
+    with pytest.raises(MessError) as e:
+        load_engines(eng)
+    text = str(e.value)
+    assert "\n" not in text and path in text and field in text, text
+    if case == "missing":
+        r = subprocess.run([sys.executable, "-m", "mess_edge.cli", "profile", eng], capture_output=True, text=True,
+                           cwd=ROOT)
+        assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+            "error: got {} that {} as `mess-edge build` writes it; rebuild: {}".format(path, field,
+                                                                                     side["rebuild_command"])]
+
+
 def test_manifest_sha_mismatch(built, tmp_path):
     onnx_dir = _copy(built[0], str(tmp_path / "onnx"))
     with open(os.path.join(onnx_dir, "segment_1.onnx"), "ab") as f:

@@ -15,35 +15,7 @@ from mess_edge.model.heads import ALL_ARCHS, ExitArch  # noqa: E402
 from mess_edge.model.macs import place_exits  # noqa: E402
 from mess_edge.model.multiexit import MultiExitNet, cost_profile  # noqa: E402
 from mess_edge.model.presets import PRESETS  # noqa: E402
-
-
-def resnet50_expected_keys():
-    """torchvision resnet50's state-dict keys and shapes, written out from its definition (an independent list)."""
-    keys = {}
-
-    def bn(prefix, c):
-        keys.update({prefix + ".weight": (c,), prefix + ".bias": (c,), prefix + ".running_mean": (c,),
-                     prefix + ".running_var": (c,), prefix + ".num_batches_tracked": ()})
-
-    keys["conv1.weight"] = (64, 3, 7, 7)
-    bn("bn1", 64)
-    cin = 64
-    for li, (planes, n) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3)), start=1):
-        for b in range(n):
-            p = "layer{}.{}.".format(li, b)
-            keys[p + "conv1.weight"] = (planes, cin, 1, 1)
-            bn(p + "bn1", planes)
-            keys[p + "conv2.weight"] = (planes, planes, 3, 3)
-            bn(p + "bn2", planes)
-            keys[p + "conv3.weight"] = (planes * 4, planes, 1, 1)
-            bn(p + "bn3", planes * 4)
-            if b == 0:
-                keys[p + "downsample.0.weight"] = (planes * 4, cin, 1, 1)
-                bn(p + "downsample.1", planes * 4)
-            cin = planes * 4
-    keys["fc.weight"] = (1000, 2048)
-    keys["fc.bias"] = (1000,)
-    return keys
+from _torchvision_keys import resnet50_expected_keys  # noqa: E402
 
 
 def test_resnet50_keys_match_torchvision_definition(tmp_path):

@@ -130,3 +130,40 @@ def test_ddp_two_cpu_processes(scenes, tmp_path):
     ck = load_checkpoint(out)
     assert ck["step"] == 2 and ck["metrics"]["backbone_passes"] == 2
     assert r.stdout.count("wrote ") == 1  # rank 0 alone logs and writes
+
+
+def _cli(capsys, args):
+    """(exit code, stdout, stderr) of mess-edge ARGS run in this process."""
+    from mess_edge.cli import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_stage2_preset_accepted_when_it_matches_refused_on_conflict(tiny_ckpts, scenes, tmp_path, capsys):
+    s1 = tiny_ckpts[0]
+    out = str(tmp_path / "s2.pt")
+    args = ["train", "--data", scenes, "--stage", "2", "--init", s1, "--space", "c0b0r0h0", "--batch-size", "8",
+            "--max-steps", "1", "--val-images", "0", "--out", out]
+    code, stdout, _ = _cli(capsys, args + ["--preset", "tiny", "--exits", "4", "--input-size", "64"])
+    assert code == 0 and stdout.startswith("wrote " + out)
+    assert load_checkpoint(out)["model_args"]["preset"] == "tiny"
+    for flag, value, has in (("--preset", "cpu-mbv2", "tiny"), ("--exits", "3", "4"), ("--input-size", "128", "64")):
+        code, _, err = _cli(capsys, args + [flag, value])
+        assert code == 2 and err == ("error: got {f} {v}; {s} was trained with {f} {h} and stage 2 keeps that "
+                                     "network; drop {f} or pass {f} {h}\n".format(f=flag, v=value, s=s1, h=has))
+
+
+def test_exits_out_of_range_is_one_line(scenes, tmp_path, capsys):
+    args = ["train", "--preset", "tiny", "--data", scenes, "--out", str(tmp_path / "x.pt")]
+    for n in ("50", "1"):
+        code, _, err = _cli(capsys, args + ["--exits", n])
+        assert code == 2 and err == ("error: got --exits {} for preset tiny (18 backbone blocks); expected 2..17 exit "
+                                     "points, the final exit included; try --exits {}\n".format(
+                                         n, 17 if n == "50" else 2))
+    assert not os.path.exists(str(tmp_path / "x.pt"))
