@@ -20,7 +20,8 @@ def digitscenes(out_dir, size, n_train, n_cal, n_test, seed):
     """Generate DigitScenes: scenes of real handwritten digits (scikit-learn's), 11 classes, VOC layout."""
     from mess_edge.data.digitscenes import format_summary, generate_digitscenes
 
-    summary = generate_digitscenes(out_dir, size=size, n_train=n_train, n_cal=n_cal, n_test=n_test, seed=seed)
+    summary = generate_digitscenes(out_dir, size=size, n_train=n_train, n_cal=n_cal, n_test=n_test, seed=seed,
+                                   show_progress=True)
     click.echo(format_summary(summary))
 
 

@@ -143,7 +143,7 @@ def _existing(out_dir, params):
     return summary
 
 
-def generate_digitscenes(out_dir, size=128, n_train=2000, n_cal=500, n_test=500, seed=0):
+def generate_digitscenes(out_dir, size=128, n_train=2000, n_cal=500, n_test=500, seed=0, show_progress=False):
     """Generate DigitScenes into ``out_dir`` (VOC layout, see the module docstring) and return a summary.
 
     The folder appears complete or not at all: images are written into a temporary folder beside
@@ -152,7 +152,8 @@ def generate_digitscenes(out_dir, size=128, n_train=2000, n_cal=500, n_test=500,
 
     Returns a dict: out_dir, params, counts {split: n}, fg_mean / fg_p5 / fg_p95 (foreground fraction of
     non-ignored pixels, 0..1), seconds, up_to_date (bool), and, when images were generated,
-    digits_used {split: sorted indices of the load_digits samples drawn}.
+    digits_used {split: sorted indices of the load_digits samples drawn}. ``show_progress``: a bar (or log
+    lines) on stderr.
     """
     t0 = time.perf_counter()
     params = _params(size, n_train, n_cal, n_test, seed)
@@ -172,7 +173,10 @@ def generate_digitscenes(out_dir, size=128, n_train=2000, n_cal=500, n_test=500,
     pools = digit_pools(len(digits))
     palette = voc_palette()
 
+    from mess_edge.progress import progress
+
     tmp = tempfile.mkdtemp(prefix="." + os.path.basename(out_dir) + ".", suffix=".tmp", dir=parent)
+    bar = progress(sum(params["n_" + s] for s in SPLITS), "digitscenes", show_progress, unit="images")
     try:
         for sub in ("JPEGImages", "SegmentationClass", os.path.join("ImageSets", "Segmentation")):
             os.makedirs(os.path.join(tmp, sub))
@@ -190,9 +194,11 @@ def generate_digitscenes(out_dir, size=128, n_train=2000, n_cal=500, n_test=500,
                 ids.append(image_id)
                 used_here.update(idx)
                 fg.append(foreground_fraction(lab))
+                bar.update(1)
             used[split] = sorted(used_here)
             with open(os.path.join(tmp, "ImageSets", "Segmentation", split + ".txt"), "w") as f:
                 f.write("\n".join(ids) + "\n")
+        bar.close()
         with open(os.path.join(tmp, "classes.txt"), "w") as f:
             f.write("\n".join(CLASSES) + "\n")
         fg = np.asarray(fg)

@@ -84,7 +84,13 @@ def _build(cfg, num_classes, log):
     from mess_edge.artifacts import sha256_file
 
     if cfg.stage == 1:
+        if cfg.init:
+            raise MessError("got --init with --stage 1; expected --pretrained FILE (an ImageNet backbone or a "
+                            "torchvision segmentation network); --init is stage 2's start")
         return _stage1_model(cfg, num_classes, log), None
+    if cfg.pretrained:
+        raise MessError("got --pretrained with --stage 2; expected --init FILE (the stage-1 checkpoint, or a "
+                        "torchvision segmentation state dict for the Frozen baseline)")
     if not cfg.init:
         raise MessError("stage 2 needs --init CKPT: the stage-1 checkpoint, or a torchvision fcn_resnet50 / "
                         "deeplabv3_resnet50 state dict (the Frozen baseline)")

@@ -163,6 +163,10 @@ def test_cli_refuses_in_one_line(scenes, tmp_path, capsys):
     assert _cli_error(capsys, base + ["--stage", "2", "--init", str(other), "--preset", "segmbnetv2-fcn"]) == (
         "error: got --preset segmbnetv2-fcn; {} is torchvision fcn_resnet50, which is preset drn50-fcn; drop "
         "--preset or pass --preset drn50-fcn".format(other))
+    assert _cli_error(capsys, base + ["--stage", "2", "--pretrained", str(other)]) == (
+        "error: got --pretrained with --stage 2; expected --init FILE (the stage-1 checkpoint, or a torchvision "
+        "segmentation state dict for the Frozen baseline)")
+    assert _cli_error(capsys, base + ["--init", str(other)]).startswith("error: got --init with --stage 1; ")
     junk = tmp_path / "junk.pth"
     torch.save({"conv1.weight": torch.zeros(1)}, junk)  # neither a mess-edge checkpoint nor a segmentation one
     assert _cli_error(capsys, base + ["--stage", "2", "--init", str(junk)]).startswith(
