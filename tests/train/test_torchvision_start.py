@@ -18,7 +18,8 @@ from mess_edge.model import torchvision_seg  # noqa: E402
 from mess_edge.model.heads import DeepLabHead, FCNHead  # noqa: E402
 from mess_edge.model.multiexit import MultiExitNet  # noqa: E402
 from mess_edge.train.checkpoint import build_model, load_checkpoint  # noqa: E402
-from mess_edge.train.trainer import TrainConfig, _stage1_model, train  # noqa: E402
+from mess_edge.train.start import stage1_model  # noqa: E402
+from mess_edge.train.trainer import TrainConfig, train  # noqa: E402
 
 CLASSES = 11  # the DigitScenes fixture's
 HW = (64, 64)
@@ -77,7 +78,7 @@ def test_fcn_checkpoint_is_backbone_and_final_exit_bit_for_bit(user_files, scene
     path, sd, source = user_files["fcn_resnet50"]
     said = []
     torch.manual_seed(99)  # another seed than the source's: only the loading can make them equal
-    model = _stage1_model(TrainConfig(data=scenes, out=str(tmp_path / "x.pt"), pretrained=path, input_size=64),
+    model = stage1_model(TrainConfig(data=scenes, out=str(tmp_path / "x.pt"), pretrained=path, input_size=64),
                           CLASSES, said.append).eval()
     assert said == ["{} is torchvision fcn_resnet50 (11 classes): backbone + final exit of preset drn50-fcn; "
                     "its aux_classifier (8 keys) is ignored".format(path)]
@@ -179,7 +180,7 @@ def _sha(path):
 
 
 def test_frozen_stage2_trains_on_the_torchvision_network(user_files, scenes, tmp_path):
-    # Stage 1 from such a file differs from any stage 1 only in _stage1_model (tested above); stage 2 has its own
+    # Stage 1 from such a file differs from any stage 1 only in stage1_model (tested above); stage 2 has its own
     # start, trained here for one step.
     # The paper's Frozen baseline: stage 2 straight on the user's network (trained with its final exit only).
     path, sd, source = user_files["deeplabv3_resnet50"]
