@@ -611,3 +611,37 @@ def test_a_truncated_video_accounts_for_every_frame_its_container_announces(prob
     assert s["end_reason"] == "end of source: truncated, {} of the 20 frames the file announces are missing".format(
         missing)
     probe.check(outputs=[stats])
+
+
+def test_atomic_writes_give_the_exact_name_the_umask_mode_and_leave_nothing_on_failure(tmp_path):
+    from mess_edge.artifacts import FILE_MODE, atomic_file
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert FILE_MODE == 0o666 & ~mask
+    with atomic_file(str(tmp_path / "memo_out")) as f:
+        np.savez(f, a=np.arange(3))
+    assert sorted(os.listdir(tmp_path)) == ["memo_out"]
+    assert os.stat(tmp_path / "memo_out").st_mode & 0o777 == FILE_MODE
+    with pytest.raises(RuntimeError):
+        with atomic_file(str(tmp_path / "memo_out")) as f:
+            f.write(b"half")
+            raise RuntimeError("crash mid-write")
+    assert sorted(os.listdir(tmp_path)) == ["memo_out"] and np.load(tmp_path / "memo_out")["a"].tolist() == [0, 1, 2]
+
+
+def test_outputs_are_compared_with_inputs_through_symlinks_and_dot_dots(tmp_path):
+    from mess_edge.artifacts import Output, check_outputs
+    from mess_edge.errors import MessError
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "memo.npz").write_bytes(b"x")
+    os.symlink(str(tmp_path / "in"), str(tmp_path / "link"))
+    for out in ("link/memo.npz", "in/../in/memo.npz"):
+        with pytest.raises(MessError, match="which would overwrite the input --memo"):
+            check_outputs([("--out", str(tmp_path / out))], [("--memo", str(tmp_path / "in" / "memo.npz"))])
+    with pytest.raises(MessError, match="which would overwrite the input CKPT"):
+        check_outputs([Output("--out", str(tmp_path), folder=True, replaces=True)],
+                      [("CKPT", str(tmp_path / "in" / "memo.npz"))])
+    check_outputs([("--out", str(tmp_path / "in" / "new.npz"))], [("--memo", str(tmp_path / "in" / "memo.npz"))])
+    assert sorted(os.listdir(tmp_path / "in")) == ["memo.npz"]  # the writability probe leaves nothing
