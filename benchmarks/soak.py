@@ -51,9 +51,12 @@ def make_engines(folder):
     engines = build_engines(os.path.join(folder, "onnx"), "ort", out_dir=os.path.join(folder, "engines"))
     instance = os.path.join(folder, "instance.json")
     exits = [{"exit": k, "graph": "head_e{}_c1b1r0h0".format(k), "arch": {}, "th_img": 0.6} for k in (0, 1)]
-    with open(instance, "w") as f:
+    from mess_edge.artifacts import sha256_file
+
+    with open(instance, "w") as f:  # provenance: the manifest these engines were built from
         json.dump({"format": "mess-edge-instance/1", "setting": "input-dependent", "final": True, "th_pix": 0.5,
-                   "policy": "edge", "exits": exits}, f)
+                   "policy": "edge", "exits": exits,
+                   "manifest_sha256": sha256_file(os.path.join(folder, "onnx", "manifest.json"))}, f)
     return engines, instance
 
 

@@ -5,6 +5,7 @@ device-side command work on a machine without torch. Each command module imports
 """
 
 import importlib
+import signal
 import sys
 
 import click
@@ -56,8 +57,24 @@ def cli():
     """
 
 
+class Terminated(BaseException):
+    """SIGTERM (``timeout``, systemd, ``docker stop``) in a command that does not handle it itself: unwinds like
+    Ctrl-C (every atomic write removes its temporary file, the previous artifact stays) and exits 143."""
+
+
+def _sigterm_unwinds():
+    """Turn SIGTERM into ``Terminated`` (commands such as ``run`` install their own handler on top)."""
+    def handler(signum, frame):
+        raise Terminated()
+    try:
+        signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread (main() called from a library): leave signals alone
+        pass
+
+
 def main(argv=None):
     """Console entry point: user mistakes print one line and exit 2, never a traceback."""
+    _sigterm_unwinds()
     try:
         rc = cli.main(args=argv, prog_name="mess-edge", standalone_mode=False)
         if isinstance(rc, int) and rc:
@@ -65,7 +82,14 @@ def main(argv=None):
     except MessError as e:
         click.echo("error: {}".format(e), err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
+    except Terminated:
+        click.echo("terminated (SIGTERM)", err=True)
+        sys.exit(143)
+    except click.exceptions.Abort as e:
+        if isinstance(e.__context__, EOFError):  # click turns every EOFError into Abort: a truncated file
+            click.echo("error: unexpected end of a file ({}); it is truncated: regenerate it".format(
+                str(e.__context__) or "EOFError"), err=True)
+            sys.exit(2)
         click.echo("aborted", err=True)
         sys.exit(130)
     except click.ClickException as e:

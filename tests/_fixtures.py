@@ -213,12 +213,13 @@ def make_onnx_dir(out_dir, input_hw=(32, 32), widths=(8, 16), num_classes=4, dep
 def write_split_instance(engines, frames, path, exits=("head_e0_c1b1r0h0", "head_e1_c1b1r0h0"), **extra):
     """An input-dependent instance.json over ``exits`` (exit points 0, 1, ...) whose first threshold is set
     between the middle two image confidences of ``frames`` (preprocessed), so about half of them leave there and
-    no later exit fires (th_img 1.01). Writes it to ``path``; returns the dict. ``extra``: more instance fields."""
+    no later exit fires (th_img 1.0: only a frame confident on every pixel would). Writes it to ``path``; returns
+    the dict. ``extra``: more instance fields."""
     from mess_edge.run.chain import ReferenceChain
 
     inst = dict({"format": "mess-edge-instance/1", "setting": "input-dependent", "final": True, "th_pix": 0.6,
                  "policy": "edge", "manifest_sha256": engines.sidecar["manifest_sha256"],
-                 "exits": [{"exit": k, "graph": g, "arch": {}, "th_img": 1.01} for k, g in enumerate(exits)]}, **extra)
+                 "exits": [{"exit": k, "graph": g, "arch": {}, "th_img": 1.0} for k, g in enumerate(exits)]}, **extra)
     with ReferenceChain(engines, inst) as ref:
         conf = sorted(ref.outputs(x)[0][2] for x in frames)
     n = len(conf) // 2

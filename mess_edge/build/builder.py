@@ -19,8 +19,10 @@ import shlex
 import time
 from typing import Optional, Tuple
 
-from mess_edge.artifacts import atomic_path, read_json, sha256_file, write_bytes_atomic, write_json_atomic
+from mess_edge.artifacts import (Output, atomic_path, check_outputs, read_json, sha256_file, write_bytes_atomic,
+                                 write_json_atomic)
 from mess_edge.errors import MessError
+from mess_edge.schema import check_manifest
 from mess_edge.build.int8 import _graphs_in_build_order, calibration_images
 from mess_edge.runtime.device import describe_device, library_versions
 from mess_edge.build.engine_set import BACKEND_LIBRARY, FORMAT, MANIFEST, SIDECAR
@@ -44,10 +46,11 @@ def read_manifest(onnx_dir):
     """(manifest dict, its sha256) of ``onnx_dir``; MessError if missing or not a mess-edge manifest."""
     path = os.path.join(onnx_dir, MANIFEST)
     manifest = read_json(path, "manifest")
-    if manifest.get("format") != "mess-edge-manifest/1" or not manifest.get("graphs"):
+    if not isinstance(manifest, dict) or manifest.get("format") != "mess-edge-manifest/1" or not manifest.get("graphs"):
         raise MessError("got {} with format {!r}; expected 'mess-edge-manifest/1' with graphs; try "
-                        "mess-edge export CKPT --out {}".format(path, manifest.get("format"), onnx_dir))
-    return manifest, sha256_file(path)
+                        "mess-edge export CKPT --out {}".format(
+                            path, manifest.get("format") if isinstance(manifest, dict) else None, onnx_dir))
+    return check_manifest(manifest, path), sha256_file(path)
 
 
 def check_graph_files(onnx_dir, manifest):
@@ -103,6 +106,7 @@ def build_engines(onnx_dir, backend, precision="fp32", out_dir=None, providers=(
     check_graph_files(onnx_dir, manifest)
     device = describe_device(backend, cfg.providers, dla_core)
     out_dir = out_dir or os.path.join("engines", device["id"])
+    check_outputs([Output("--out", out_dir, folder=True)], [("ONNX_DIR", onnx_dir), ("--calib-data", calib_dir)])
     os.makedirs(out_dir, exist_ok=True)
     if os.path.exists(os.path.join(out_dir, SIDECAR)):
         os.remove(os.path.join(out_dir, SIDECAR))  # a half-rebuilt folder must not pass for a complete one

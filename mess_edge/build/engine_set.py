@@ -12,6 +12,7 @@ import os
 from mess_edge.artifacts import read_json, sha256_file
 from mess_edge.errors import MessError
 from mess_edge.runtime.device import describe_device, library_versions
+from mess_edge.schema import check_sidecar
 
 FORMAT = "mess-edge-engines/1"
 SIDECAR = "engine.json"
@@ -33,6 +34,11 @@ class EngineSet(object):
         self.backend, self.precision = sidecar["backend"], sidecar["precision"]
         built = {e["name"]: e for e in sidecar["graphs"]}
         self.graphs = []
+        missing = [g.get("name") for g in manifest.get("graphs", []) if g.get("name") not in built]
+        if missing:
+            raise MessError("engine sidecar {}: graphs lacks {}; expected every graph of the manifest built; try "
+                            "rebuilding: {}".format(os.path.join(engine_dir, SIDECAR), ", ".join(map(str, missing)),
+                                                    sidecar.get("rebuild_command", "mess-edge build")))
         for g in manifest["graphs"]:
             merged = dict(g)
             merged.update(file=built[g["name"]]["file"], precision=built[g["name"]]["precision"])
@@ -61,25 +67,45 @@ class EngineSet(object):
         return TrtRunner(self.path(name), name=name, dla_core=self.sidecar.get("dla_core"), **options)
 
 
+def _check_device(engine_dir, sidecar, backend, rebuild):
+    """The engines' device id must be this device's, for the providers they were built with."""
+    providers = tuple(sidecar.get("providers") or ("cpu",))
+    if backend == "ort" and set(providers) - {"cpu"}:
+        from mess_edge.runtime.ort_runner import resolve_providers
+
+        try:  # providers this onnxruntime lacks: this device is the plain CPU one, whatever the sidecar claims
+            resolve_providers(providers)
+        except MessError:
+            providers = ("cpu",)
+    here = describe_device(backend, providers, sidecar.get("dla_core"))["id"]
+    built = sidecar["device"]["id"]
+    if here != built:
+        raise MessError("engines in {} were built for device '{}'; got this device '{}'; engines are not "
+                        "portable; rebuild here: {}".format(engine_dir, built, here, rebuild))
+
+
+def engine_files(engines):
+    """Every file of an EngineSet's folder that its readers use (sidecar, manifest, engines, timing cache)."""
+    names = [SIDECAR, MANIFEST, "timing.cache"] + [e["file"] for e in engines.sidecar["graphs"]]
+    return [os.path.join(engines.dir, n) for n in names]
+
+
 def load_engines(engine_dir, verify_files=True):
     """Open an engine folder after checking that it belongs to this device and these library versions.
 
     Refuses (MessError with the rebuild command) a folder built on another device, with another version
     of the backend library, or whose files or manifest changed since the build.
     """
-    sidecar = read_json(os.path.join(engine_dir, SIDECAR), "engine sidecar")
+    sidecar_path = os.path.join(engine_dir, SIDECAR)
+    sidecar = read_json(sidecar_path, "engine sidecar")
     if not isinstance(sidecar, dict) or sidecar.get("format") != FORMAT:
         raise MessError("got {} with format {!r}; expected {!r}; try mess-edge build ONNX_DIR --out {}".format(
-            os.path.join(engine_dir, SIDECAR), sidecar.get("format") if isinstance(sidecar, dict) else None, FORMAT,
-            engine_dir))
+            sidecar_path, sidecar.get("format") if isinstance(sidecar, dict) else None, FORMAT, engine_dir))
+    check_sidecar(sidecar, sidecar_path, tuple(BACKEND_LIBRARY))
     rebuild = sidecar.get("rebuild_command", "mess-edge build ONNX_DIR --out {}".format(engine_dir))
     _check_sidecar(sidecar, os.path.join(engine_dir, SIDECAR), rebuild)
     backend = sidecar["backend"]
-    device = describe_device(backend, tuple(sidecar.get("providers", ("cpu",))), sidecar.get("dla_core"))
-    if device["id"] != sidecar["device"]["id"]:
-        raise MessError("engines in {} were built for device '{}'; got this device '{}'; engines are not "
-                        "portable; rebuild here: {}".format(engine_dir, sidecar["device"]["id"], device["id"],
-                                                            rebuild))
+    _check_device(engine_dir, sidecar, backend, rebuild)
     lib = BACKEND_LIBRARY[backend]
     built_with, here = sidecar["versions"].get(lib), library_versions(backend).get(lib)
     if built_with != here:

@@ -15,12 +15,14 @@ import click
               help="memo.npz to write (atomically) [default: calibrate/<checkpoint name>/memo.npz].")
 def calibrate_command(ckpt, data, split, max_images, out):
     """Memoise every head's predictions on the calibration split (for the search)."""
+    from mess_edge.artifacts import check_outputs
     from mess_edge.calibrate.memoise import memoise
     from mess_edge.metrics import miou
     from mess_edge.search.memo import save_memo
 
     if out is None:
         out = os.path.join("calibrate", os.path.splitext(os.path.basename(ckpt))[0], "memo.npz")
+    check_outputs([("--out", out)], [("CKPT", ckpt), ("--data", data)])
     memo = memoise(ckpt, data, split, max_images)
     save_memo(out, memo)
     per_head = [100 * miou(memo.confusion[h].sum(0)) for h in range(memo.n_heads + 1)]

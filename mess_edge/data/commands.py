@@ -18,8 +18,10 @@ def data():
 @click.option("--seed", default=0, show_default=True, help="Seed; the same seed gives identical files.")
 def digitscenes(out_dir, size, n_train, n_cal, n_test, seed):
     """Generate DigitScenes: scenes of real handwritten digits (scikit-learn's), 11 classes, VOC layout."""
+    from mess_edge.artifacts import Output, check_writable
     from mess_edge.data.digitscenes import format_summary, generate_digitscenes
 
+    check_writable(Output("--out", out_dir, folder=True, replaces=True))
     summary = generate_digitscenes(out_dir, size=size, n_train=n_train, n_cal=n_cal, n_test=n_test, seed=seed,
                                    show_progress=True)
     click.echo(format_summary(summary))
@@ -44,7 +46,9 @@ def check(root, splits):
 @click.option("--repeat", default=1, show_default=True, help="Play the split this many times.")
 def video(root, split, out_path, fps, repeat):
     """Render a split's images into a video, e.g. as a stand-in camera for `mess-edge run --source`."""
+    from mess_edge.artifacts import check_outputs
     from mess_edge.data.digitscenes import write_split_video
 
+    check_outputs([("--out", out_path)], [("--data", root)])
     frames = write_split_video(root, split, out_path, fps=fps, repeat=repeat)
     click.echo("wrote {} frames at {:g} fps to {}".format(frames, fps, out_path))

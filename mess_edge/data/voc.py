@@ -51,7 +51,7 @@ class VocDataset:
                             "SegmentationClass/, ImageSets/Segmentation/); try `mess-edge data digitscenes "
                             "--out {}`".format(root, root))
         self.root, self.split = root, split
-        split_file = os.path.join(root, "ImageSets", "Segmentation", split + ".txt")
+        split_file = self.split_file = os.path.join(root, "ImageSets", "Segmentation", split + ".txt")
         if not os.path.isfile(split_file):
             have = _split_names(root)
             raise MessError("split '{}' not found: {} is missing; this dataset has splits: {}".format(
@@ -133,6 +133,13 @@ class VocDataset:
 
     def check(self):
         """Load and validate every item; return {"n_images", "pixels_per_class" [C], "ignore_fraction"}."""
+        first = {}
+        for n, image_id in enumerate(self.ids):
+            if image_id in first:  # counted twice by training and by every mIoU: a copy-paste slip, not data
+                raise MessError("split file {} lists {!r} twice (ids {} and {}); expected each image once; try "
+                                "removing the duplicate line".format(self.split_file, image_id, first[image_id] + 1,
+                                                                     n + 1))
+            first[image_id] = n
         per_class = np.zeros(self.num_classes, np.int64)
         ignored = total = 0
         for i in range(len(self)):

@@ -8,7 +8,9 @@ import click
 @click.option("--out", required=True, type=click.Path(), help="Folder for the ONNX graphs and manifest.json.")
 def export(ckpt, out):
     """Export per-segment and per-head ONNX graphs (opset 17) of a stage-2 checkpoint, checked against PyTorch."""
+    from mess_edge.artifacts import Output, check_outputs
     from mess_edge.export.exporter import export_checkpoint
 
+    check_outputs([Output("--out", out, folder=True, replaces=True)], [("CKPT", ckpt)])
     m = export_checkpoint(ckpt, out, log=click.echo)
     click.echo("wrote {} graphs and manifest.json to {}".format(len(m["graphs"]), out))

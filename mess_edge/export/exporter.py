@@ -25,6 +25,9 @@ from mess_edge.model.macs import macs_of
 
 OPSET = 17
 FORMAT = "mess-edge-manifest/1"
+# The export fails above these (manifest "parity.tolerance"). fp32 ONNX Runtime vs PyTorch differ by rounding:
+# 1e-6..1e-4 on the logits of every preset measured; a wrong graph or a corrupt weight gives 1e-1 and far more.
+PARITY_TOLERANCE = {"max_abs_logit_diff": 1e-3, "min_label_agreement": 0.999}
 
 
 def _io(name, t):
@@ -67,6 +70,8 @@ def export_checkpoint(ckpt_path, out_dir, log=print):
     tmp = tempfile.mkdtemp(prefix=".onnx-", dir=parent)
     try:
         manifest = _export_all(net, heads, hw, tmp, log, onnx)
+        manifest["parity"]["tolerance"] = dict(PARITY_TOLERANCE)
+        check_parity(manifest, ckpt_path)
         manifest.update({
             "format": FORMAT, "preset": net.preset_name, "num_classes": net.num_classes,
             "classes": class_names(ckpt["train_config"].get("data", ""), net.num_classes),
@@ -82,6 +87,23 @@ def export_checkpoint(ckpt_path, out_dir, log=print):
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def check_parity(manifest, ckpt_path):
+    """MessError when ONNX Runtime and PyTorch disagree beyond the manifest's ``parity.tolerance``."""
+    parity, tol = manifest["parity"], manifest["parity"]["tolerance"]
+    worst = [("graph", parity["per_graph_max_abs_diff"])]
+    worst += [("chain " + k, parity["chain"][k]) for k in ("final_max_abs_logit_diff", "heads_max_abs_logit_diff")]
+    for what, diff in worst:
+        if not diff <= tol["max_abs_logit_diff"]:  # NaN fails too
+            raise MessError("export parity check failed for {}: got {} max |ONNX Runtime - PyTorch| {:.3g}; expected "
+                            "<= {:g} (manifest parity.tolerance); nothing was written; try re-copying or retraining "
+                            "the checkpoint".format(ckpt_path, what, diff, tol["max_abs_logit_diff"]))
+    for key in ("final_label_agreement", "monolithic_label_agreement"):
+        if not parity["chain"][key] >= tol["min_label_agreement"]:
+            raise MessError("export parity check failed for {}: got {} {:.4%}; expected >= {:.2%} (manifest "
+                            "parity.tolerance); nothing was written".format(ckpt_path, key, parity["chain"][key],
+                                                                          tol["min_label_agreement"]))
 
 
 def _check_out_dir(out_dir):

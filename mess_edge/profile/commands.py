@@ -69,8 +69,10 @@ def bench(engine_dir, min_seconds, pairs, instance_path, data, split, source, im
           threads):
     """Latency and GMAC/s of every graph; chained final-only path vs the fastest monolithic setting. With
     --instance: the instance's measured speedup over final-only, interleaved frame by frame on real frames."""
-    from mess_edge.artifacts import write_json_atomic
+    from mess_edge.artifacts import check_outputs, write_json_atomic
 
+    check_outputs([("--json", json_out)], [("ENGINE_DIR", engine_dir), ("--instance", instance_path),
+                                           ("--data", data), ("--source", source)])
     _own_ort_threads(threads)
     if instance_path is not None:
         from mess_edge.profile.instance_bench import bench_instance, format_instance_bench

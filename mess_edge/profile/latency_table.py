@@ -18,12 +18,12 @@ import os
 
 import numpy as np
 
-from mess_edge.artifacts import write_json_atomic
+from mess_edge.artifacts import check_outputs, folder_lock, write_json_atomic
 from mess_edge.confidence import DEFAULT_TH_PIX
 from mess_edge.errors import MessError
 from mess_edge.profile import timing
 from mess_edge.runtime.device import device_conditions, library_versions
-from mess_edge.build.engine_set import load_engines
+from mess_edge.build.engine_set import engine_files, load_engines
 
 LUT_FORMAT = "mess-edge-lut/1"
 ROLE_ORDER = ("segment", "head", "final", "upsample", "monolithic")
@@ -108,6 +108,16 @@ def profile_engines(engine_dir, out=None, config=ProfileConfig(), progress=None)
     (the commands do), as the process that runs the chain will.
     """
     engines = load_engines(engine_dir)
+    out = out or os.path.join(engine_dir, "lut.json")
+    check_outputs([("--out", out)], [("ENGINE_DIR", p) for p in engine_files(engines)])
+    with folder_lock(engine_dir, "mess-edge profile"):  # two profiles of one folder would time each other
+        lut = _profile(engines, config, progress)
+        write_json_atomic(out, lut)
+    return lut
+
+
+def _profile(engines, config, progress):
+    """The LUT dict of an EngineSet (see profile_engines)."""
     rng = np.random.default_rng(config.seed)
     graphs = [g for role in ROLE_ORDER for g in engines.by_role(role)]
     lut = {"format": LUT_FORMAT, "device": engines.sidecar["device"], "backend": engines.backend,
@@ -154,7 +164,6 @@ def profile_engines(engine_dir, out=None, config=ProfileConfig(), progress=None)
                 progress(len(graphs) + i + 1, total, "+".join(names), stretches[key])
     lut["upsample"] = _final_upsample(engines, lut["upsamples"])
     lut["conditions"] = _conditions(engines, config, threading_setting(engines))
-    write_json_atomic(out or os.path.join(engine_dir, "lut.json"), lut)
     return lut
 
 

@@ -41,7 +41,8 @@ def fourcc_text(code):
 
 
 class Source(object):
-    """One OpenCV source. ``read()`` -> ("ok", frame) | ("corrupt", None) | ("end", None) | ("lost", None).
+    """One OpenCV source. ``read()`` -> ("ok", frame) | ("corrupt", None) | ("end", None) | ("lost", None) |
+    ("truncated", n_missing) (a video file that ends before the frame count its container announces).
 
     ``camera_settings`` (cameras only): {"size": (width, height), "fps": float, "fourcc": "MJPG"}, any subset,
     asked of the driver at every open (V4L2 order: pixel format, then size, then rate). Drivers fall back
@@ -50,6 +51,7 @@ class Source(object):
     def __init__(self, spec, camera=False, timeout_s=5.0, loop=False, camera_settings=None):
         self.spec, self.timeout_s, self.loop = spec, float(timeout_s), loop
         self.cap, self.paths, self.next, self.fps = None, None, 0, None
+        self.announced, self.read_in_pass = None, 0  # video files: frames the container announces / read so far
         self.camera_settings, self.delivers = dict(camera_settings or {}), None
         spec = str(spec)
         if camera:
@@ -92,6 +94,9 @@ class Source(object):
 
         fps = self.cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(fps) if fps and 0 < fps < 1000 else None
+        if self.kind == "video":
+            count = self.cap.get(cv2.CAP_PROP_FRAME_COUNT)
+            self.announced = int(count) if count and 0 < count < 1e9 else None
         if self.kind == "camera":
             self.delivers = {"size": (int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH)),
                                       int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT))),
@@ -155,10 +160,15 @@ class Source(object):
             self.next += 1
             return ("ok", frame) if valid_frame(frame) else ("corrupt", None)
         ok, frame = self.cap.read() if self.cap is not None else (False, None)
+        if not ok and self.kind == "video" and not self.loop and self.announced and self.read_in_pass < self.announced:
+            missing, self.read_in_pass = self.announced - self.read_in_pass, self.announced
+            return "truncated", missing  # a cut file: its index promises frames its data no longer holds
         if not ok and self.loop and not self.live and self._open():  # rewind by reopening: seeking is codec-bound
+            self.read_in_pass = 0
             ok, frame = self.cap.read()
         if not ok:
             return ("lost" if self.live else "end"), None
+        self.read_in_pass += 1
         return ("ok", frame) if valid_frame(frame) else ("corrupt", None)
 
     def close(self):
@@ -229,6 +239,11 @@ class Capture(threading.Thread):
                 continue
             if status == "end":
                 return "end of source"
+            if status == "truncated":  # every frame the file announced is accounted for: the missing as corrupt
+                self.frames_in += frame
+                self.corrupt += frame
+                return "end of source: truncated, {} of the {} frames the file announces are missing".format(
+                    frame, self.source.announced)
             self._failed = 0
             self.frames_in += 1
             if status == "corrupt":

@@ -27,6 +27,7 @@ from mess_edge.artifacts import read_json
 from mess_edge.confidence import DEFAULT_TH_PIX
 from mess_edge.errors import MessError
 from mess_edge.run.chain_backends import make_backend
+from mess_edge.schema import check_instance
 
 INSTANCE_FORMAT = "mess-edge-instance/1"
 SETTINGS = ("final-only", "budgeted", "anytime", "input-dependent")
@@ -41,12 +42,12 @@ Exit = collections.namedtuple("Exit", ["exit", "graph", "th_img"])
 
 
 def load_instance(path):
-    """instance.json -> dict, refusing other formats."""
+    """instance.json -> dict, refusing other formats and malformed fields (schema.check_instance)."""
     inst = read_json(path, "instance")
-    if inst.get("format") != INSTANCE_FORMAT:
+    if not isinstance(inst, dict) or inst.get("format") != INSTANCE_FORMAT:
         raise MessError("got {} with format {!r}; expected {!r}; try mess-edge search ... --out {}".format(
-            path, inst.get("format"), INSTANCE_FORMAT, path))
-    return inst
+            path, inst.get("format") if isinstance(inst, dict) else None, INSTANCE_FORMAT, path))
+    return check_instance(inst, path, SETTINGS)
 
 
 class Plan(object):

@@ -43,3 +43,7 @@ def run(instance, engine_dir, camera, source, camera_size, camera_fps, camera_fo
                     camera_size=None if camera_size is None else parse_size(camera_size))
     stats = run_stream(cfg, log=lambda line: click.echo(line, err=True))
     click.echo(format_stats(stats))
+    if stats.get("signal"):  # stopped by Ctrl-C / SIGTERM after writing everything: say so to the caller
+        import signal
+
+        return 128 + int(getattr(signal, stats["signal"]))

@@ -47,6 +47,10 @@ def _check(cfg):
     if (cfg.camera is None) == (cfg.source is None):
         raise MessError("got {}; expected exactly one of --camera N or --source PATH_OR_URL; try --camera 0".format(
             "both --camera and --source" if cfg.camera is not None else "neither --camera nor --source"))
+    if cfg.camera is not None and (isinstance(cfg.camera, bool) or not isinstance(cfg.camera, int) or
+                                   not 0 <= cfg.camera < 10000):
+        raise MessError("got --camera {}; expected a camera index >= 0 (0 is the first camera, /dev/video0); try "
+                        "--camera 0, or --source for a file or URL".format(cfg.camera))
     if cfg.max_frames is not None and cfg.max_frames < 1:
         raise MessError("got --max-frames {}; expected >= 1".format(cfg.max_frames))
     if cfg.deadline_ms is not None and cfg.deadline_ms < 0:
@@ -68,17 +72,22 @@ def _check(cfg):
         raise MessError("got a capture queue of {}; expected 1 or 2 frames".format(cfg.queue_size))
 
 
-def _sigint_stops(stop):
-    """Ctrl-C sets ``stop`` (a second one raises as usual); returns the previous handler, or None off the
-    main thread, where Python allows no handler."""
+STOP_SIGNALS = ("SIGINT", "SIGTERM")  # Ctrl-C; what `timeout`, systemd and `docker stop` send
+
+
+def _signals_stop(stop, caught):
+    """Ctrl-C and SIGTERM set ``stop`` and append the signal's number to ``caught`` (a second one raises
+    KeyboardInterrupt as usual); returns {signal: previous handler}, empty off the main thread, where Python
+    allows no handler."""
     if threading.current_thread() is not threading.main_thread():
-        return None
+        return {}
 
     def handler(signum, frame):
         if stop.is_set():
             raise KeyboardInterrupt
+        caught.append(signum)
         stop.set()
-    return signal.signal(signal.SIGINT, handler)
+    return {sig: signal.signal(sig, handler) for sig in (getattr(signal, n) for n in STOP_SIGNALS)}
 
 
 def run_stream(cfg, log=None, on_frame=None, on_output=None):
@@ -92,6 +101,7 @@ def run_stream(cfg, log=None, on_frame=None, on_output=None):
     from mess_edge.build.engine_set import load_engines
 
     _check(cfg)
+    _check_outputs(cfg)
     log = log or (lambda line: None)
     engines = load_engines(cfg.engines)
     chain = Chain(engines, load_instance(cfg.instance), cfg.deadline_ms)  # checks the instance before the camera
@@ -111,6 +121,18 @@ def run_stream(cfg, log=None, on_frame=None, on_output=None):
             return _loop(cfg, chain, source, engines, log, on_frame, on_output)
         finally:
             source.close()
+
+
+def _check_outputs(cfg):
+    """--output and --stats: new paths (never the instance, the engines or the source file), writable, before
+    the camera opens."""
+    from mess_edge.artifacts import Output, check_outputs
+    from mess_edge.run.sink import VIDEO_EXTS
+
+    video = cfg.output is not None and os.path.splitext(cfg.output)[1].lower() in VIDEO_EXTS
+    source = cfg.source if cfg.source is not None and os.path.exists(cfg.source) else None
+    check_outputs([Output("--output", cfg.output, folder=not video), Output("--stats", cfg.stats)],
+                  [("INSTANCE", cfg.instance), ("--engines", cfg.engines), ("--source", source)])
 
 
 def parse_size(text):
@@ -156,7 +178,8 @@ def _loop(cfg, chain, source, engines, log, on_frame, on_output):
     stats, presenter, stop = RunStats(), None, threading.Event()
     fps, t_prev, t_status, wall0, aside, error = 0.0, None, time.perf_counter(), time.perf_counter(), 0.0, None
     chain.warm_up(pre(np.zeros(tuple(pre.hw) + (3,), np.uint8)))  # before the capture thread owns ``pre``
-    previous = _sigint_stops(stop)
+    caught = []
+    previous = _signals_stop(stop, caught)
     try:
         if cfg.output or show:  # overlay, window and writer run on their own thread (present.py)
             presenter = Presenter(FrameSink(cfg.output, source.fps) if cfg.output else None, show, drops,
@@ -219,8 +242,8 @@ def _loop(cfg, chain, source, engines, log, on_frame, on_output):
         if presenter is not None:
             presenter.close()  # presents the waiting result, closes the video (playable) and the window
             error = error or presenter.error
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if stop.is_set():
             capture.end_reason = "interrupted"
         if error is not None:
@@ -228,7 +251,8 @@ def _loop(cfg, chain, source, engines, log, on_frame, on_output):
         summary = stats.summary(capture, wall, presenter)
         summary.update(source=str(source.spec), camera_mode=source.delivers, instance=cfg.instance,
                        engines=cfg.engines, setting=chain.plan.setting, backend=engines.backend,
-                       deadline_ms=cfg.deadline_ms, display=show, output=cfg.output)
+                       deadline_ms=cfg.deadline_ms, display=show, output=cfg.output,
+                       signal=signal.Signals(caught[0]).name if caught else None)
         if cfg.stats:
             write_json_atomic(cfg.stats, summary)
     if capture.error is not None:

@@ -207,11 +207,16 @@ def _manifest_pieces(manifest, memo, where):
     return [segments[k] for k in range(n)], heads, finals[0], upsample
 
 
-def _gmacs(graph, where):
-    value = graph.get("gmacs")
-    if not isinstance(value, (int, float)):
-        raise MessError("{}: got gmacs {!r} for graph {}; expected a number".format(where, value, graph.get("name")))
+def _cost(value, key, graph, where, fix):
+    """A cost read from a table: a finite number >= 0, else MessError naming the file, the graph and the field."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 0:
+        raise MessError("{}: got {} {!r} for graph {}; expected a finite number >= 0; try {}".format(
+            where, key, value, graph, fix))
     return float(value)
+
+
+def _gmacs(graph, where):
+    return _cost(graph.get("gmacs"), "gmacs", graph.get("name"), where, "mess-edge export again")
 
 
 def costs_from_manifest(manifest, memo, where="manifest"):
@@ -245,10 +250,10 @@ def costs_from_lut(lut, manifest, memo, where="lut"):
             entry = entries.get(("head", graph.get("exit"), _arch_key(graph.get("arch"))))
         if entry is None and graph["role"] == "upsample" and isinstance(ups, dict):
             entry = ups  # the spec's single upsample entry serves every resolution
-        if entry is None or not isinstance(entry.get("median_ms"), (int, float)):
+        if entry is None or entry.get("median_ms") is None:
             raise MessError("{}: got no median_ms for graph {}; expected every segment, memo head, final and "
                             "upsample profiled; try mess-edge profile again".format(where, graph["name"]))
-        return float(entry["median_ms"])
+        return _cost(entry["median_ms"], "median_ms", graph["name"], where, "mess-edge profile again")
 
     return make_cost_table(
         "latency", [ms(g) for g in segments], [ms(g) for g in heads], ms(final),
@@ -273,7 +278,8 @@ def _lut_stretches(lut, names, where):
         if "graphs" in e and list(e["graphs"]) != names[first:last + 1]:
             raise MessError("{}: got stretch {}..{} of graphs {}; expected {}; try mess-edge profile again on these "
                             "engines".format(where, first, last, e["graphs"], names[first:last + 1]))
-        out.append((first, last, float(ms)))
+        out.append((first, last, _cost(ms, "median_ms", "stretch {}..{}".format(first, last), where,
+                                       "mess-edge profile again")))
     return out
 
 

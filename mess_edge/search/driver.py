@@ -1,12 +1,12 @@
 """`mess-edge search` as a library call: files in, instance.json (and optional Pareto CSV / plot) out."""
 
-import os
+import math
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
-from mess_edge.artifacts import atomic_path, write_json_atomic
+from mess_edge.artifacts import atomic_file, atomic_path, check_outputs, write_json_atomic
 from mess_edge.errors import MessError
 from mess_edge.search.optimizer import Objective, search
 from mess_edge.search.inputs import load_search_inputs
@@ -34,8 +34,12 @@ class SearchOptions:
 
 
 def _objective(o):
-    given = [name for name, v in (("--max-drop", o.max_drop_pp), ("--min-miou", o.min_miou_pct),
-                                  ("--budget-ms", o.budget_ms), ("--budget-gmacs", o.budget_gmacs)) if v is not None]
+    values = (("--max-drop", o.max_drop_pp), ("--min-miou", o.min_miou_pct), ("--budget-ms", o.budget_ms),
+              ("--budget-gmacs", o.budget_gmacs))
+    given = [name for name, v in values if v is not None]
+    for name, v in values:
+        if v is not None and not (math.isfinite(v) and v >= 0):
+            raise MessError("got {} {}; expected a finite number >= 0".format(name, v))
     if len(given) != 1:
         raise MessError("got {}; expected exactly one of --max-drop PP, --min-miou X, --budget-ms T, "
                         "--budget-gmacs G".format(" and ".join(given) if given else "no objective"))
@@ -58,9 +62,8 @@ def write_pareto(path, points, unit):
     for i, (c, m, k, p, d) in enumerate(zip(points.costs.tolist(), (points.mious * 100).tolist(),
                                             points.n_exits.tolist(), points.pareto.tolist(), points.descriptions)):
         lines.append("{!r},{!r},{},{},{},\"{}\"".format(c, m, k, int(p), int(i == points.chosen), d))
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
+    with atomic_file(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
 
 
 def plot_pareto(path, result, max_points=200000):
@@ -137,9 +140,8 @@ def _objective_text(result):
 def run_search(options):
     """Load and check the inputs, search, write the instance (and Pareto CSV / plot); returns the summary text."""
     objective = _objective(options)
-    for flag, path in (("--pareto", options.pareto_path), ("--plot", options.plot_path)):
-        if path is not None and os.path.abspath(path) == os.path.abspath(options.out_path):
-            raise MessError("got {} {} equal to --out; expected another file".format(flag, path))
+    check_outputs([("--out", options.out_path), ("--pareto", options.pareto_path), ("--plot", options.plot_path)],
+                  [("--memo", options.memo_path), ("--manifest", options.manifest_path), ("--lut", options.lut_path)])
     inputs = load_search_inputs(options.memo_path, options.manifest_path, options.lut_path)
     result = search(inputs.memo, inputs.costs, options.setting, objective, max_exits=options.max_exits,
                     policy=options.policy, keep_points=bool(options.pareto_path or options.plot_path),

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from mess_edge.artifacts import read_json, sha256_file
+from mess_edge.schema import check_manifest
 from mess_edge.errors import MessError
 from mess_edge.search.costs import costs_from_lut, costs_from_manifest
 from mess_edge.search.memo import load_memo
@@ -89,7 +90,7 @@ def load_manifest(path):
     if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
         raise MessError("manifest {} has format {!r}; expected {!r}; try mess-edge export".format(
             path, manifest.get("format") if isinstance(manifest, dict) else None, MANIFEST_FORMAT))
-    return manifest
+    return check_manifest(manifest, path)
 
 
 def load_search_inputs(memo_path, manifest_path, lut_path=None):

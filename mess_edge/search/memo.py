@@ -9,6 +9,8 @@ pixels) and the column sum (predicted pixels), and all three are linear in the i
 
 import json
 import os
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -220,8 +222,14 @@ def load_memo(path):
             arrays = {k: z[k] for k in _ARRAYS}
             lc = {k: z[k] for k in LC_ARRAYS if k in z.files}
             meta = json.loads(str(z["meta"][()]))
-    except (ValueError, OSError) as e:
-        raise MessError("memo {} is not a readable npz with JSON meta ({}); try re-running calibrate".format(path, e))
+    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as e:
+        # Truncated, empty or bit-flipped files fail inside numpy's zip reader in all of these ways.
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise MessError("memo {} is not a readable npz with JSON meta ({}); it is truncated or corrupt: try "
+                        "re-running calibrate".format(path, first))
+    if not isinstance(meta, dict):
+        raise MessError("memo {}: meta got {!r}; expected a JSON object; try re-running calibrate".format(
+            path, type(meta).__name__))
     if meta.get("format") != MEMO_FORMAT:
         raise MessError("memo {} has format {!r}; expected {!r}".format(path, meta.get("format"), MEMO_FORMAT))
     dtypes = {"confusion": np.int64, "hist_edge": np.int64, "hist_raw": np.int64, "hist_bins": np.float64,
@@ -237,7 +245,7 @@ def load_memo(path):
 
 def save_memo(path, memo):
     """Write ``memo`` as memo.npz (the calibrate stage's format), atomically."""
-    from mess_edge.artifacts import atomic_path
+    from mess_edge.artifacts import atomic_file
 
     arrays = {k: getattr(memo, k) for k in _ARRAYS}
     arrays["hist_edge"] = arrays["hist_edge"].astype(np.int32)
@@ -246,5 +254,5 @@ def save_memo(path, memo):
         arrays["lc_cover_hist"] = memo.lc_cover_hist.astype(np.int32)
         arrays["lc_stats"] = memo.lc_stats.astype(np.int32)
         arrays["lc_th"] = memo.lc_th.astype(np.float64)
-    with atomic_path(path) as tmp:
-        np.savez(tmp, meta=np.array(json.dumps(memo.meta)), **arrays)
+    with atomic_file(path) as f:  # an open file: np.savez would append ".npz" to a path without it
+        np.savez(f, meta=np.array(json.dumps(memo.meta)), **arrays)

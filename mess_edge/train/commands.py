@@ -50,12 +50,21 @@ def train(**kw):
 
     if kw["epochs"] < 1 or kw["batch_size"] < 1 or kw["loss_stride"] < 1:
         raise MessError("--epochs, --batch-size and --loss-stride must be >= 1")
+    _check_train_outputs(kw)
     cfg = TrainConfig(**kw)
     metrics = run(cfg, log=click.echo)
     if metrics is None:  # a torchrun rank other than 0: rank 0 reports
         return
     click.echo("wrote {} ({})".format(cfg.out, json.dumps({k: metrics[k] for k in ("backbone_passes", "wall_s")
                                                            if k in metrics})))
+
+
+def _check_train_outputs(kw):
+    """--out (and its .json beside it) must not be --init, --pretrained or inside --data; --resume reads --out."""
+    from mess_edge.artifacts import check_outputs
+
+    check_outputs([("--out", kw["out"]), ("--out (its .json)", kw["out"] + ".json")],
+                  [("--init", kw["init"]), ("--pretrained", kw["pretrained"]), ("--data", kw["data"])])
 
 
 @click.command("eval")

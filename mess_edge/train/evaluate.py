@@ -44,13 +44,11 @@ def format_eval(res):
 
 def evaluate_instance(ckpt_path, instance_path, data, split="test", max_images=None):
     """Test-split mIoU and expected cost of a searched instance: memoise the split, then simulate the policy."""
-    import json
-
     from mess_edge.calibrate.memoise import memoise
+    from mess_edge.run.chain import load_instance
     from mess_edge.search import simulate
 
-    with open(instance_path) as f:
-        inst = json.load(f)
+    inst = load_instance(instance_path)
     memo = memoise(ckpt_path, data, split, max_images=max_images, desc="eval {} (instance)".format(split))
     if inst.get("checkpoint_sha256") and inst["checkpoint_sha256"] != memo.meta["checkpoint_sha256"]:
         raise MessError("instance {} was searched for another checkpoint than {}".format(instance_path, ckpt_path))

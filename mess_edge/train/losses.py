@@ -11,7 +11,10 @@ IGNORE = 255
 
 def ce(logits, labels):
     """Mean cross entropy over non-ignored pixels (0 when every pixel is ignored)."""
-    return F.cross_entropy(logits, labels, ignore_index=IGNORE)
+    # F.cross_entropy's mean over zero pixels is 0/0 = nan (a batch where the final exit is wrong everywhere
+    # leaves pfd nothing to learn from): sum, then divide by at least one pixel.
+    total = F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum")
+    return total / (labels != IGNORE).sum().clamp(min=1)
 
 
 def kl_to_teacher(student_logits, teacher_logits, labels=None):

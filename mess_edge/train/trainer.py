@@ -9,6 +9,7 @@ Stage 2 (``stage=2``): backbone and final head frozen (weights and BN statistics
 """
 
 import dataclasses
+import math
 import os
 import time
 from typing import Optional
@@ -187,6 +188,7 @@ def train(cfg, log=print):
                 # Every random draw of a step (dropout) is a function of (seed, rank, step): resumable.
                 torch.manual_seed(cfg.seed * 1000003 + dist.rank * 7919 + step)
                 loss = _step_loss(cfg, model, runner, images, labels, step, n_early, mode, heads)
+                _check_finite(loss, step, epoch, cfg)  # before the step: the weights stay the last good ones
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -218,6 +220,18 @@ def train(cfg, log=print):
 
 def _quiet(*_):
     pass
+
+
+def _check_finite(loss, step, epoch, cfg):
+    """MessError when a step's loss is NaN or infinite: training has diverged, and every later step would carry
+    the NaN into the weights (and a checkpoint whose metrics say `loss nan`). The checkpoint on disk, if any,
+    is the last epoch that finished with finite losses; it stays untouched."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        kept = ("{} (the last finished epoch) is kept: resume it with --resume".format(cfg.out)
+                if os.path.isfile(cfg.out) else "no checkpoint was written")
+        raise MessError("training diverged: got loss {} at step {} (epoch {}); expected a finite loss; {}; try a "
+                        "lower --lr than {:g}".format(value, step + 1, epoch + 1, kept, cfg.lr))
 
 
 def _set_train_mode(model, stage):
