@@ -366,7 +366,7 @@ SIDECAR_FAULTS = {
     "device missing": (lambda d: d.pop("device"), r"device got nothing"),
     "versions a list": (lambda d: d.update(versions=[]), r"versions got \[\]"),
     "graphs [null]": (lambda d: d.update(graphs=[None]), r"graphs\[0\] got None"),
-    "a graph missing": (lambda d: d.update(graphs=d["graphs"][1:]), r"graphs lacks"),
+    "a graph missing": (lambda d: d.update(graphs=d["graphs"][1:]), r"graphs lacks|has no engine for graph"),
     "another device": (lambda d: d["device"].update(id="orin-sm87-ort-cuda"),
                        r"built for device 'orin-sm87-ort-cuda'; got this device 'cpu-"),
     "a GPU provider from another device": (

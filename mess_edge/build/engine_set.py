@@ -6,7 +6,6 @@ Engines are not portable: a folder built on another device, with another version
 or whose files changed since the build is refused with the command that rebuilds it here.
 """
 
-import json
 import os
 
 from mess_edge.artifacts import read_json, sha256_file
@@ -103,7 +102,6 @@ def load_engines(engine_dir, verify_files=True):
             sidecar_path, sidecar.get("format") if isinstance(sidecar, dict) else None, FORMAT, engine_dir))
     check_sidecar(sidecar, sidecar_path, tuple(BACKEND_LIBRARY))
     rebuild = sidecar.get("rebuild_command", "mess-edge build ONNX_DIR --out {}".format(engine_dir))
-    _check_sidecar(sidecar, os.path.join(engine_dir, SIDECAR), rebuild)
     backend = sidecar["backend"]
     _check_device(engine_dir, sidecar, backend, rebuild)
     lib = BACKEND_LIBRARY[backend]
@@ -128,31 +126,3 @@ def load_engines(engine_dir, verify_files=True):
                 raise MessError("engine file {} is missing or changed since the build; rebuild: {}".format(
                     path, rebuild))
     return EngineSet(engine_dir, sidecar, manifest)
-
-
-def _check_sidecar(sidecar, path, rebuild):
-    """One MessError line naming the file and the first field that is missing or of the wrong JSON type."""
-    def field(obj, key, typ, where):
-        if key not in obj:
-            problem = "lacks field {}".format(where)
-        elif not isinstance(obj[key], typ):
-            problem = "has field {} = {}".format(where, json.dumps(obj[key])[:60])
-        else:
-            return
-        raise MessError("got {} that {}; expected {} as `mess-edge build` writes it; rebuild: {}".format(
-            path, problem, _JSON_TYPE[typ], rebuild))
-
-    for key, typ in SIDECAR_FIELDS:
-        field(sidecar, key, typ, key)
-    if sidecar["backend"] not in BACKEND_LIBRARY:
-        raise MessError("got {} with backend {!r}; expected one of {}; rebuild: {}".format(
-            path, sidecar["backend"], ", ".join(sorted(BACKEND_LIBRARY)), rebuild))
-    field(sidecar["device"], "id", str, "device.id")
-    if "providers" in sidecar:
-        field(sidecar, "providers", list, "providers")
-    for i, g in enumerate(sidecar["graphs"]):
-        if not isinstance(g, dict):
-            raise MessError("got {} with graphs[{}] = {}; expected an object; rebuild: {}".format(
-                path, i, json.dumps(g)[:60], rebuild))
-        for key, typ in GRAPH_FIELDS:
-            field(g, key, typ, "graphs[{}].{}".format(i, key))
