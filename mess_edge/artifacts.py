@@ -33,14 +33,27 @@ def atomic_path(path):
     try:
         yield tmp
         # mkstemp creates 0600; an artifact gets the ordinary permissions of a new file (0666 & ~umask).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+def _umask():
+    """The process's umask (reading it means setting it: set it straight back)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def make_temp_dir(parent, prefix, suffix=""):
+    """A new empty folder in ``parent`` (a temporary name to rename into place) with the permissions of an
+    ordinary new folder (0777 & ~umask): mkdtemp makes it 0700, which would survive the rename."""
+    tmp = tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent)
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
 
 
 def write_bytes_atomic(path, data):
