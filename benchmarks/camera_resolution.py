@@ -22,7 +22,7 @@ present): the shipped stage-1 checkpoint (mess_edge/assets/cpu-mbv2-stage1.pt), 
 DigitScenes images), calibrated on 60, exported, built for ONNX Runtime, profiled, and its input-dependent
 instance at <= 1 pp drop ((iii) of early_exit.py). Saves benchmarks/results/camera_resolution.{json,md}.
 
-    python benchmarks/camera_resolution.py [--engines DIR --instance FILE] [--frames 400] [--soak]
+    python benchmarks/camera_resolution.py [--engines DIR --instance FILE] [--frames 400] [--soak] [--quick]
 """
 
 import argparse
@@ -300,12 +300,15 @@ def main():
     ap.add_argument("--work", default=os.path.join(ROOT, "runs", "camera_resolution"))
     ap.add_argument("--frames", type=int, default=400, help="frames per row")
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads [default: physical cores]")
+    ap.add_argument("--quick", action="store_true", help="150 frames per row, no soak")
     ap.add_argument("--soak", action="store_true", help="also 10,000 frames at 1280x720")
     ap.add_argument("--soak-frames", type=int, default=10000)
     args = ap.parse_args()
     if (args.engines is None) != (args.instance is None):
         sys.exit("--engines and --instance go together")
     engines, instance = (args.engines, args.instance) if args.engines else prepare(args.work)
+    if args.quick:
+        args.frames, args.soak = 150, False
     from mess_edge.build.engine_set import load_engines
     from mess_edge.runtime.ort_runner import configure_ort_threads
 

@@ -28,7 +28,7 @@ class RunConfig:
     engines: str                           # engine folder (mess-edge build)
     camera: Optional[int] = None           # camera index, or ...
     source: Optional[str] = None           # ... video, image folder / glob, rtsp:// http:// URL, GStreamer pipeline
-    output: Optional[str] = None           # .mp4 / .avi / ... path, or a folder for PNG frames (existing, or ending in /)
+    output: Optional[str] = None           # video path (sink.VIDEO_EXTS), or a PNG folder (existing, or ending in /)
     display: bool = True                   # show a window (only where DISPLAY is set)
     stats: Optional[str] = None            # statistics JSON path
     max_frames: Optional[int] = None       # stop after this many processed frames

@@ -3,10 +3,11 @@
 The label map is the network's size (say 128x128) and the frame the camera's (say 1920x1080), so the work is
 arranged to touch the frame's pixels as few times as possible: the colour lookup runs at the label map's height
 (its columns gathered to the output's width), whole rows of colours (and of the mask of uncoloured pixels) are
-copied to the output's height, and one blend and one masked copy write the output. Each output pixel takes the label of the input pixel its centre falls on
-(``labels_to_frame_reference``), through the fit the frame went in with (preprocess.fit_geometry): the
-letterbox bars are never drawn, the frame outside a crop is left uncoloured. ``overlay_reference`` is the plain
-numpy version the tests hold ``Overlay`` to. cv2 is imported inside the functions that need it.
+copied to the output's height, and one blend and one masked copy write the output. Each output pixel takes the
+label of the input pixel its centre falls on (``labels_to_frame_reference``), through the fit the frame went in
+with (preprocess.fit_geometry): the letterbox bars are never drawn, the frame outside a crop is left uncoloured.
+``overlay_reference`` is the plain numpy version the tests hold ``Overlay`` to. cv2 is imported inside the
+functions that need it.
 """
 
 import math

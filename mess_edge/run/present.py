@@ -81,7 +81,8 @@ class Presenter(threading.Thread):
 
     def submit(self, index, frame, result, fps, t_capture):
         """Hand over one processed frame (``frame`` BGR uint8, not modified afterwards; ``fps`` the loop's rate
-        or None; ``t_capture`` its perf_counter capture time). Newest-wins: never waits. Otherwise waits for the slot."""
+        or None; ``t_capture`` its perf_counter capture time). Newest-wins: never waits. Otherwise waits for the
+        slot."""
         item = (index, frame, result, fps, t_capture)
         with self._slot:
             self.submitted += 1
