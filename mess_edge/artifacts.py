@@ -35,6 +35,7 @@ def _process_umask():
 
 # An artifact gets the ordinary permissions of a new file (mkstemp would leave it 0600).
 FILE_MODE = 0o666 & ~_process_umask()
+DIR_MODE = 0o777 & ~_process_umask()
 
 
 def sha256_file(path, chunk_bytes=1 << 20):
@@ -98,6 +99,14 @@ def atomic_file(path, mode="wb"):
         with open(tmp, mode) as f:
             yield f
             f.flush()
+
+
+def make_temp_dir(parent, prefix, suffix=""):
+    """A new empty folder in ``parent`` (a temporary name to rename into place) with the permissions of an
+    ordinary new folder (0777 & ~umask): mkdtemp makes it 0700, which would survive the rename."""
+    tmp = tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=parent)
+    os.chmod(tmp, DIR_MODE)
+    return tmp
 
 
 def write_bytes_atomic(path, data):

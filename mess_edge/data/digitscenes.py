@@ -48,12 +48,11 @@ Each image has its own generator seeded by (seed, split, index): same seed -> id
 import json
 import os
 import shutil
-import tempfile
 import time
 
 import numpy as np
 
-from mess_edge.artifacts import write_json_atomic
+from mess_edge.artifacts import make_temp_dir, write_json_atomic
 from mess_edge.data.scene_render import IGNORE_INDEX, render_scene
 from mess_edge.errors import MessError
 
@@ -175,7 +174,7 @@ def generate_digitscenes(out_dir, size=128, n_train=2000, n_cal=500, n_test=500,
 
     from mess_edge.progress import progress
 
-    tmp = tempfile.mkdtemp(prefix="." + os.path.basename(out_dir) + ".", suffix=".tmp", dir=parent)
+    tmp = make_temp_dir(parent, "." + os.path.basename(out_dir) + ".", ".tmp")
     bar = progress(sum(params["n_" + s] for s in SPLITS), "digitscenes", show_progress, unit="images")
     try:
         for sub in ("JPEGImages", "SegmentationClass", os.path.join("ImageSets", "Segmentation")):
@@ -208,9 +207,6 @@ def generate_digitscenes(out_dir, size=128, n_train=2000, n_cal=500, n_test=500,
         meta = {"format": FORMAT, "params": params, "classes": CLASSES, "ignore_index": IGNORE_INDEX,
                 "digit_pool_seed": _POOL_SEED, "summary": stats, "digit_pools": pools}
         write_json_atomic(os.path.join(tmp, "digitscenes.json"), meta)
-        # mkdtemp / mkstemp make private entries; a dataset folder is meant to be shared.
-        os.chmod(os.path.join(tmp, "digitscenes.json"), 0o644)
-        os.chmod(tmp, 0o755)
         if os.path.isdir(out_dir):
             os.rmdir(out_dir)  # empty (checked above); rename cannot replace a folder on every OS
         os.rename(tmp, out_dir)

@@ -10,13 +10,12 @@ import contextlib
 import io
 import os
 import shutil
-import tempfile
 import warnings
 
 import numpy as np
 import torch
 
-from mess_edge.artifacts import sha256_file, write_json_atomic
+from mess_edge.artifacts import make_temp_dir, sha256_file, write_json_atomic
 from mess_edge.confidence import DEFAULT_TH_PIX
 from mess_edge.data.voc import IMAGENET_MEAN, IMAGENET_STD
 from mess_edge.errors import MessError
@@ -67,7 +66,7 @@ def export_checkpoint(ckpt_path, out_dir, log=print):
     hw = net.input_hw
     parent = os.path.dirname(os.path.abspath(out_dir)) or "."
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".onnx-", dir=parent)
+    tmp = make_temp_dir(parent, ".onnx-")
     try:
         manifest = _export_all(net, heads, hw, tmp, log, onnx)
         manifest["parity"]["tolerance"] = dict(PARITY_TOLERANCE)

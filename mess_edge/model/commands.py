@@ -4,6 +4,8 @@ import json
 
 import click
 
+from mess_edge.naming import exit_label
+
 # Table 2 of the paper, 512x512 inputs, 21 classes ("GFLOPs", which equal MACs + BN/ReLU elements).
 PAPER_TABLE2_GFLOPS = {"drn50-fcn": 138.63, "deeplabv3-r50": 163.86, "segmbnetv2-fcn": 8.78}
 
@@ -46,19 +48,19 @@ def info(preset, input_size, classes, n_exits, archs, as_json):
     cum = 0.0
     for b in prof["blocks"]:
         cum += b["gmacs"]
-        mark = "E{}".format(exit_blocks[b["index"]] + 1) if b["index"] in exit_blocks else ""
+        mark = exit_label(exit_blocks[b["index"]]) if b["index"] in exit_blocks else ""
         click.echo("{:>5}  {:7.3f}  {:5.1f}  {:>5}  {:>6}  {}".format(
             b["index"], b["gmacs"], 100 * cum / prof["backbone_gmacs"], b["out_channels"], b["stride"], mark))
-    click.echo("final exit after block {} (E{})".format(prof["blocks"][-1]["index"], len(prof["exit_points"]) + 1))
+    click.echo("final exit after block {}".format(prof["blocks"][-1]["index"]))
     click.echo("\nexit  block  stride  ch     cum%   arch GMACs min / median / max (64 architectures)")
     for e in prof["exit_points"]:
         g = sorted(a["gmacs"] for a in prof["exit_archs"] if a["exit"] == e["index"])
-        click.echo("E{:<3}  {:>5}  {:>6}  {:>5}  {:5.1f}   {:.4f} / {:.4f} / {:.4f}".format(
-            e["index"] + 1, e["block"], e["stride"], e["channels"], 100 * e["cum_gmacs_fraction"],
+        click.echo("{:<4}  {:>5}  {:>6}  {:>5}  {:5.1f}   {:.4f} / {:.4f} / {:.4f}".format(
+            exit_label(e["index"]), e["block"], e["stride"], e["channels"], 100 * e["cum_gmacs_fraction"],
             g[0], g[len(g) // 2], g[-1]))
     if archs:
         click.echo("\nexit  arch       crm  blocks  rdi  head  GMACs")
         for a in prof["exit_archs"]:
-            click.echo("E{:<3}  {}  /{:<2}  {:>6}  {:>3}  {:>4}  {:.4f}".format(
-                a["exit"] + 1, a["name"], 2 ** a["crm"], a["blocks"], a["rdi"], ("FCN", "DLB")[a["head"]],
+            click.echo("{:<4}  {}  /{:<2}  {:>6}  {:>3}  {:>4}  {:.4f}".format(
+                exit_label(a["exit"]), a["name"], 2 ** a["crm"], a["blocks"], a["rdi"], ("FCN", "DLB")[a["head"]],
                 a["gmacs"]))

@@ -32,11 +32,14 @@ from mess_edge.schema import check_instance
 INSTANCE_FORMAT = "mess-edge-instance/1"
 SETTINGS = ("final-only", "budgeted", "anytime", "input-dependent")
 
-FrameResult = collections.namedtuple("FrameResult", ["labels", "exit", "graph", "confidence", "times_ms"])
+FrameResult = collections.namedtuple("FrameResult", ["labels", "exit", "graph", "confidence", "times_ms", "declined"],
+                                     defaults=(None,))
 FrameResult.__doc__ = """One frame through the chain: ``labels`` int32 [H, W] (the manifest's input_hw), ``exit``
 the exit point index taken (int) or "final", ``graph`` the head graph taken (or "final"), ``confidence`` its
 image confidence (float in [0, 1]; None for the final exit, whose graph computes none), ``times_ms``
-OrderedDict graph name -> ms, in run order, plus "total"."""
+OrderedDict graph name -> ms, in run order, plus "total"; ``declined`` (input-dependent frames that went on to
+the final exit): (exit, confidence) of the last early exit, whose confidence fell short of its threshold, else
+None."""
 
 Exit = collections.namedtuple("Exit", ["exit", "graph", "th_img"])
 
@@ -160,7 +163,8 @@ class Chain(object):
                 break
         else:
             if plan.final:
-                return self._final(image, done, times, t0)
+                declined = taken[::2] if taken is not None and plan.setting == "input-dependent" else None
+                return self._final(image, done, times, t0, declined)
         labels = self._timed(plan.upsample[taken[1]], times, lambda: self.backend.labels(taken[1]))
         times["total"] = (time.perf_counter() - t0) * 1e3
         return FrameResult(labels, taken[0], taken[1], taken[2], times)
@@ -169,11 +173,11 @@ class Chain(object):
         """FrameResult of the final-only path (all segments, then final): the baseline."""
         return self._final(image, 0, collections.OrderedDict(), time.perf_counter())
 
-    def _final(self, image, done, times, t0):
+    def _final(self, image, done, times, t0, declined=None):
         self._segments(image, done, len(self.plan.segments), times)
         labels = self._stage("final", times)
         times["total"] = (time.perf_counter() - t0) * 1e3
-        return FrameResult(labels, "final", "final", None, times)
+        return FrameResult(labels, "final", "final", None, times, declined)
 
     def warm_up(self, image, passes=2):
         """Run every graph of the plan ``passes`` times (first-run allocations, caches); the last pass seeds

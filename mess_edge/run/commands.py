@@ -2,6 +2,8 @@
 
 import click
 
+from mess_edge.run.preprocess import FITS
+
 from mess_edge.run.loop import RunConfig, parse_size, run_stream
 from mess_edge.run.stats import format_stats
 
@@ -15,7 +17,13 @@ from mess_edge.run.stats import format_stats
 @click.option("--camera-size", default=None, help="Cameras: ask for WIDTHxHEIGHT, e.g. 1280x720.")
 @click.option("--camera-fps", type=float, default=None, help="Cameras: ask for this frame rate.")
 @click.option("--camera-fourcc", default=None, help="Cameras: ask for this pixel format, e.g. MJPG (more fps on USB).")
-@click.option("--output", default=None, help="Overlay video (.mp4, .avi) or a folder of PNG frames.")
+@click.option("--output", default=None, help="Overlay video (.mp4, .avi, ...) or a folder of PNG frames (an existing "
+              "folder, or a path ending in /).")
+@click.option("--overlay-width", type=int, default=None, help="Draw, show and write the overlay this many pixels wide "
+              "(a window's size; the frame's aspect kept) [default: the frame's width].")
+@click.option("--fit", type=click.Choice(FITS), default="letterbox", show_default=True,
+              help="Frames of another aspect ratio than the network's input: letterbox (all of the frame, bars "
+              "around it), crop (its centre) or stretch (squashed, as in training).")
 @click.option("--display/--no-display", default=True, show_default=True, help="Show a window (needs DISPLAY).")
 @click.option("--stats", "stats_path", default=None, help="Write the end-of-run statistics here (JSON).")
 @click.option("--max-frames", type=int, default=None, help="Stop after N processed frames.")
@@ -30,9 +38,11 @@ from mess_edge.run.stats import format_stats
 @click.option("--final-only-frames", type=int, default=20, show_default=True,
               help="Also time the final-only path on N frames (every K-th, see above), paired with the same frames' "
               "instance times: the speedup; 0: off.")
-def run(instance, engine_dir, camera, source, camera_size, camera_fps, camera_fourcc, output, display, stats_path,
-        max_frames, deadline_ms, threads, realtime, loop, timeout_s, final_only_every, final_only_frames):
-    """Run INSTANCE on a camera, a file or a stream: overlaid frames out, statistics at the end."""
+def run(instance, engine_dir, camera, source, camera_size, camera_fps, camera_fourcc, output, overlay_width, fit,
+        display, stats_path, max_frames, deadline_ms, threads, realtime, loop, timeout_s, final_only_every,
+        final_only_frames):
+    """Run INSTANCE on a camera, a file or a stream: overlaid frames out, statistics at the end. Ctrl-C stops
+    it after writing the video and the statistics, with exit status 130."""
     from mess_edge.runtime.ort_runner import configure_ort_threads
 
     configure_ort_threads(threads)  # this process owns its ONNX Runtime use: one pool for every engine
@@ -40,7 +50,8 @@ def run(instance, engine_dir, camera, source, camera_size, camera_fps, camera_fo
                     display=display, stats=stats_path, max_frames=max_frames, deadline_ms=deadline_ms,
                     realtime=realtime, loop=loop, timeout_s=timeout_s, final_only_frames=final_only_frames,
                     final_only_every=final_only_every, camera_fps=camera_fps, camera_fourcc=camera_fourcc,
-                    camera_size=None if camera_size is None else parse_size(camera_size))
+                    camera_size=None if camera_size is None else parse_size(camera_size), fit=fit,
+                    overlay_width=overlay_width)
     stats = run_stream(cfg, log=lambda line: click.echo(line, err=True))
     click.echo(format_stats(stats))
     if stats.get("signal"):  # stopped by Ctrl-C / SIGTERM after writing everything: say so to the caller

@@ -16,6 +16,9 @@ import time
 from typing import Optional, Tuple
 
 from mess_edge.errors import MessError
+from mess_edge.naming import histogram_text
+from mess_edge.run.preprocess import check_fit
+from mess_edge.run.sink import output_kind
 from mess_edge.run.stats import RunStats
 
 
@@ -25,7 +28,7 @@ class RunConfig:
     engines: str                           # engine folder (mess-edge build)
     camera: Optional[int] = None           # camera index, or ...
     source: Optional[str] = None           # ... video, image folder / glob, rtsp:// http:// URL, GStreamer pipeline
-    output: Optional[str] = None           # .mp4 / .avi path, or a folder for PNG frames
+    output: Optional[str] = None           # video path (sink.VIDEO_EXTS), or a PNG folder (existing, or ending in /)
     display: bool = True                   # show a window (only where DISPLAY is set)
     stats: Optional[str] = None            # statistics JSON path
     max_frames: Optional[int] = None       # stop after this many processed frames
@@ -41,6 +44,8 @@ class RunConfig:
     camera_fps: Optional[float] = None     # cameras: ask for this frame rate
     camera_fourcc: Optional[str] = None    # cameras: ask for this pixel format, e.g. "MJPG" (USB cameras: more fps)
     status_every_s: float = 2.0            # seconds between status lines
+    fit: str = "letterbox"                 # how frames go into the network's input: letterbox, crop or stretch
+    overlay_width: Optional[int] = None    # draw (show, write) the overlay this many pixels wide [default: the frame's]
 
 
 def _check(cfg):
@@ -70,6 +75,12 @@ def _check(cfg):
             cfg.camera_fourcc))
     if cfg.queue_size is not None and not 1 <= cfg.queue_size <= 2:
         raise MessError("got a capture queue of {}; expected 1 or 2 frames".format(cfg.queue_size))
+    check_fit(cfg.fit)
+    if cfg.overlay_width is not None and cfg.overlay_width < 32:
+        raise MessError("got --overlay-width {}; expected a width of at least 32 pixels, like 960".format(
+            cfg.overlay_width))
+    if cfg.output:
+        output_kind(cfg.output)  # an unknown extension is an error before the camera opens
 
 
 STOP_SIGNALS = ("SIGINT", "SIGTERM")  # Ctrl-C; what `timeout`, systemd and `docker stop` send
@@ -143,6 +154,14 @@ def parse_size(text):
     return int(parts[0]), int(parts[1])
 
 
+def _geometry_dict(g):
+    """preprocess.Geometry -> the statistics' "fit_geometry" (None before the first frame)."""
+    if g is None:
+        return None
+    return {"frame_hw": list(g.frame_hw), "input_hw": list(g.net_hw), "content": list(g.content),
+            "source": list(g.source)}
+
+
 def _camera_line(index, got, asked):
     """"camera 0 delivers 640x480 at 30 fps (YUYV); asked 1280x720 at 60 fps (MJPG)": drivers fall back silently."""
     def mode(m):
@@ -164,17 +183,20 @@ def _loop(cfg, chain, source, engines, log, on_frame, on_output):
     import numpy as np
 
     from mess_edge.artifacts import write_json_atomic
+    from mess_edge.run.overlay import Overlay
     from mess_edge.run.preprocess import Preprocessor
     from mess_edge.run.sink import FrameSink
     from mess_edge.run.capture import END, Capture
     from mess_edge.run.present import Presenter
 
-    pre = Preprocessor(engines.manifest["input_hw"], engines.manifest["normalization"])
+    pre = Preprocessor(engines.manifest["input_hw"], engines.manifest["normalization"], fit=cfg.fit)
     drops = source.live or cfg.realtime
     capture = Capture(source, cfg.queue_size or (1 if source.live else 2), newest_wins=drops, pace_fps=(source.fps or 30.0) if (
         cfg.realtime and not source.live) else None, max_frames=None if drops else cfg.max_frames,
         reconnect_delays_s=cfg.reconnect_delays_s, prepare=pre)  # frames arrive preprocessed
     show = cfg.display and bool(os.environ.get("DISPLAY"))
+    if cfg.display and not show:
+        log("no window: DISPLAY is not set, so there is no screen to open one on; --no-display says you know")
     stats, presenter, stop = RunStats(), None, threading.Event()
     fps, t_prev, t_status, wall0, aside, error = 0.0, None, time.perf_counter(), time.perf_counter(), 0.0, None
     chain.warm_up(pre(np.zeros(tuple(pre.hw) + (3,), np.uint8)))  # before the capture thread owns ``pre``
@@ -182,8 +204,9 @@ def _loop(cfg, chain, source, engines, log, on_frame, on_output):
     previous = _signals_stop(stop, caught)
     try:
         if cfg.output or show:  # overlay, window and writer run on their own thread (present.py)
+            overlay = Overlay(fit=cfg.fit, width=cfg.overlay_width, classes=engines.manifest.get("classes"))
             presenter = Presenter(FrameSink(cfg.output, source.fps) if cfg.output else None, show, drops,
-                                  {g["name"]: g["role"] for g in engines.graphs}, stop, on_output)
+                                  {g["name"]: g["role"] for g in engines.graphs}, stop, on_output, overlay)
             presenter.start()
         capture.start()
         wall0 = time.perf_counter()
@@ -199,8 +222,8 @@ def _loop(cfg, chain, source, engines, log, on_frame, on_output):
             t2 = time.perf_counter()
             rate = 1.0 / max(t2 - t_prev, 1e-9) if t_prev else 0.0
             fps, t_prev = (0.9 * fps + 0.1 * rate) if fps else rate, t2
-            if presenter is not None:
-                presenter.submit(index, frame, result, fps, t_cap)
+            if presenter is not None:  # the rate is shown once it has a second of frames behind it
+                presenter.submit(index, frame, result, fps if t2 - wall0 >= 1.0 else None, t_cap)
             stage_ms = collections.OrderedDict([("preprocess", item.prepare_ms), ("to_result", (t2 - t_cap) * 1e3)])
             if presenter is None:  # nothing to present: the result is the output
                 stage_ms["end_to_end"] = stage_ms["to_result"]
@@ -229,7 +252,7 @@ def _loop(cfg, chain, source, engines, log, on_frame, on_output):
             if t2 - t_status >= cfg.status_every_s:
                 t_status = t2
                 log("frame {:>6}  {:6.1f} fps  infer {:7.3f} ms  exits {}  dropped {}  corrupt {}  not presented {}"
-                    .format(stats.frames, fps, result.times_ms["total"], dict(stats.exits), capture.dropped,
+                    .format(stats.frames, fps, result.times_ms["total"], histogram_text(stats.exits), capture.dropped,
                             capture.corrupt, presenter.skipped if presenter else 0))
             if cfg.max_frames is not None and stats.frames >= cfg.max_frames:
                 break
@@ -245,14 +268,15 @@ def _loop(cfg, chain, source, engines, log, on_frame, on_output):
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if stop.is_set():
-            capture.end_reason = "interrupted"
+            capture.end_reason = "interrupted" if caught else "stopped from the window"  # or q / Esc
         if error is not None:
             capture.end_reason = "error: {}".format(str(error).splitlines()[0] if str(error) else type(error).__name__)
         summary = stats.summary(capture, wall, presenter)
         summary.update(source=str(source.spec), camera_mode=source.delivers, instance=cfg.instance,
                        engines=cfg.engines, setting=chain.plan.setting, backend=engines.backend,
-                       deadline_ms=cfg.deadline_ms, display=show, output=cfg.output,
-                       signal=signal.Signals(caught[0]).name if caught else None)
+                       deadline_ms=cfg.deadline_ms, display=show, output=cfg.output, fit=cfg.fit,
+                       signal=signal.Signals(caught[0]).name if caught else None,
+                       fit_geometry=_geometry_dict(pre.current), overlay_width=cfg.overlay_width)
         if cfg.stats:
             write_json_atomic(cfg.stats, summary)
     if capture.error is not None:

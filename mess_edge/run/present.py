@@ -13,25 +13,29 @@ import os
 import threading
 import time
 
+from mess_edge.naming import exit_label
 from mess_edge.run.stats import LatencyHistogram
 
 _SHORT = {"segment": "seg", "upsample": "up"}
 
 
 def status_lines(result, roles, fps):
-    """The overlay's text: the exit taken, the time per role, inference time and the loop's fps."""
+    """The overlay's text: the exit taken and the confidence that decided it, the time per role, inference time
+    and the loop's fps (None: not yet measured, left out)."""
     by_role = collections.OrderedDict()
     for name, ms in result.times_ms.items():
         role = roles.get(name)
         if role:
             by_role[role] = by_role.get(role, 0.0) + ms
-    if result.exit == "final":
-        head = "exit final"  # the final graph computes no confidence: nothing decides after it
+    if result.exit != "final":
+        head = "exit {}  conf {:.2f}".format(exit_label(result.graph), result.confidence)
+    elif result.declined is not None:  # the final graph computes no confidence: the last early exit's decided
+        head = "exit final  ({} conf {:.2f}: too low)".format(exit_label(result.declined[0]), result.declined[1])
     else:
-        head = "exit E{} {}  conf {:.2f}".format(result.exit + 1, result.graph, result.confidence)
-    return [head,
-            "  ".join("{} {:.1f}".format(_SHORT.get(r, r), ms) for r, ms in by_role.items()) + " ms",
-            "infer {:.1f} ms  {:.1f} fps".format(result.times_ms["total"], fps)]
+        head = "exit final  (no early exit tried)"
+    infer = "infer {:.1f} ms".format(result.times_ms["total"])
+    return [head, "  ".join("{} {:.1f}".format(_SHORT.get(r, r), ms) for r, ms in by_role.items()) + " ms",
+            infer if fps is None else "{}  {:.1f} fps".format(infer, fps)]
 
 
 # The presenter's nice increment in newest-wins runs. On 2 cores, inference takes both (ORT's pool, whose
@@ -58,25 +62,27 @@ class Presenter(threading.Thread):
     ``sink``: a camera.FrameSink or None; ``show``: a cv2 window (every HighGUI call stays on this thread);
     ``newest_wins``: replace a waiting result instead of waiting for the slot; ``roles``: graph name -> role,
     for the text; ``stop``: a threading.Event set when the window's user presses q or Esc; ``on_output(index,
-    end_to_end_ms)``: called on this thread after each presented frame. Latency histograms (ms) in
+    end_to_end_ms)``: called on this thread after each presented frame; ``overlay``: an overlay.Overlay (its
+    fit, size and legend; default: a plain one). Latency histograms (ms) in
     ``latency``: overlay, output (write and show), end_to_end (capture to output done). ``error``: the
     exception the thread died of; the loop raises it.
     """
 
-    def __init__(self, sink, show, newest_wins, roles, stop, on_output=None):
+    def __init__(self, sink, show, newest_wins, roles, stop, on_output=None, overlay=None):
         super(Presenter, self).__init__(name="mess-edge-present", daemon=True)
         from mess_edge.run.overlay import Overlay
 
         self.sink, self.show, self.newest_wins, self.roles = sink, show, newest_wins, roles
-        self.stop_event, self.on_output, self.overlay = stop, on_output, Overlay()
+        self.stop_event, self.on_output, self.overlay = stop, on_output, overlay or Overlay()
         self.latency = collections.OrderedDict((k, LatencyHistogram()) for k in ("overlay", "output", "end_to_end"))
         self.submitted = self.presented = self.skipped = 0
         self.error, self._pending, self._closing = None, None, False
         self._slot = threading.Condition()
 
     def submit(self, index, frame, result, fps, t_capture):
-        """Hand over one processed frame (``frame`` BGR uint8, not modified afterwards; ``t_capture`` its
-        perf_counter capture time). Newest-wins: never waits. Otherwise waits for the slot."""
+        """Hand over one processed frame (``frame`` BGR uint8, not modified afterwards; ``fps`` the loop's rate
+        or None; ``t_capture`` its perf_counter capture time). Newest-wins: never waits. Otherwise waits for the
+        slot."""
         item = (index, frame, result, fps, t_capture)
         with self._slot:
             self.submitted += 1

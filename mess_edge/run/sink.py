@@ -10,14 +10,28 @@ from mess_edge.errors import MessError
 VIDEO_EXTS = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm")
 
 
+def output_kind(path):
+    """"video" for a path with a video extension, "folder" (PNG frames) for an existing folder or a path ending
+    in a slash; anything else (``out.xyz``, the typo ``out.mp``, a bare ``out``) is a MessError, never a folder
+    made by surprise."""
+    if path.endswith(("/", os.sep)) or os.path.isdir(path):
+        return "folder"
+    ext = os.path.splitext(path)[1].lower()
+    if ext in VIDEO_EXTS:
+        return "video"
+    raise MessError("got --output {}; expected a video path ({}) or a folder for PNG frames (an existing one, or "
+                    "a path ending in /); try --output {}.mp4 or --output {}/".format(
+                        path, ", ".join(VIDEO_EXTS), os.path.splitext(path)[0], os.path.splitext(path)[0]))
+
+
 class FrameSink(object):
-    """Writes overlaid frames: an .mp4/.avi/.mkv/.mov path (cv2.VideoWriter, 'mp4v'; MJPG for .avi) or a
-    folder of PNG frames (000000.png, ...). The video is written beside its path and moved there by
+    """Writes overlaid frames: a video path (VIDEO_EXTS) (cv2.VideoWriter, 'mp4v'; MJPG for .avi) or a
+    folder of PNG frames (000000.png, ...; see output_kind). The video is written beside its path and moved there by
     ``close()``, which the run calls in ``finally``: an interrupted run still leaves a playable file."""
 
     def __init__(self, path, fps=30.0):
         self.path, self.fps, self.written, self.writer, self.size = path, float(fps or 30.0), 0, None, None
-        self.video = os.path.splitext(path)[1].lower() in VIDEO_EXTS
+        self.video = output_kind(path) == "video"
         if self.video:
             folder = os.path.dirname(os.path.abspath(path))
             os.makedirs(folder, exist_ok=True)

@@ -5,6 +5,8 @@ the final-only comparison, and the summary dict (format mess-edge-run-stats/2) w
 import collections
 import math
 
+from mess_edge.naming import histogram_text
+
 STATS_FORMAT = "mess-edge-run-stats/2"
 
 
@@ -107,13 +109,46 @@ class RunStats(object):
                 "speedup_vs_final_only_median": fo_p50 / inf_p50 if fo_p50 and inf_p50 else None}
 
 
+MIN_ESTIMATE_FRAMES = 20  # final-only frames below which the in-loop speedup is not shown: a few frames' noise
+
+
+def speedup_estimate(s):
+    """(speedup, None) when the in-loop estimate means something, else (None, why not). It is shown only from
+    MIN_ESTIMATE_FRAMES paired frames on, and only when the exit histogram allows it: frames that went on to the
+    final exit cost at least the final-only path, so with a fraction f of them no instance can be faster than
+    1 / f (an estimate of 1.20x with 249 of 250 frames at the final exit is noise)."""
+    est, n = s.get("speedup_vs_final_only"), s["final_only"]["frames"]
+    if not est:
+        return None, "off" if not n else "not measured"
+    if n < MIN_ESTIMATE_FRAMES:
+        return None, "only {} paired frames, fewer than {}".format(n, MIN_ESTIMATE_FRAMES)
+    final = s["exit_histogram"].get("final", 0) / float(s["frames"] or 1)
+    if final > 0 and est > 1.0 / final:
+        return None, "{:.2f}x is more than the exits taken allow (at most {:.2f}x with {:.0%} of the frames at the " \
+                     "final exit): noise".format(est, 1.0 / final, final)
+    return est, None
+
+
+def _fit_text(fit, g):
+    """"fit: letterbox (640x272 frames into the 128x128 input, the image 128x54 between bars)"."""
+    (fh, fw), (ih, iw) = g["frame_hw"], g["input_hw"]
+    text = "fit: {} ({}x{} frames into the {}x{} input".format(fit, fw, fh, iw, ih)
+    if fit == "letterbox" and list(g["content"][2:]) != [ih, iw]:
+        text += ", the image {}x{} between bars".format(g["content"][3], g["content"][2])
+    if fit == "crop" and list(g["source"][2:]) != [fh, fw]:
+        text += ", the centre {}x{} of the frame".format(g["source"][3], g["source"][2])
+    return text + ")"
+
+
 def format_stats(s):
     """The statistics as a few printable lines."""
     lines = ["frames {frames} processed of {frames_in} read ({dropped} dropped, {corrupt} corrupt, {reconnects} "
              "reconnects); end: {end_reason}".format(**s),
              "presented {frames_presented} ({not_presented} not presented: the presenter was busy), written "
              "{frames_written}".format(**s),
-             "exits: " + ", ".join("{} {}".format(k, v) for k, v in sorted(s["exit_histogram"].items()))]
+             "exits: " + histogram_text(s["exit_histogram"])]
+    if s.get("fit_geometry"):
+        lines.append(_fit_text(s["fit"], s["fit_geometry"]))
     for name, row in s["latency_ms"].items():
         if row:
             lines.append("  {:<24} p50 {:8.3f}  p90 {:8.3f}  p99 {:8.3f}  mean {:8.3f} ms  n {}".format(
@@ -121,8 +156,10 @@ def format_stats(s):
     if s["fps"] is not None and s["inference_fps"] is not None:
         lines.append("loop {:.1f} fps vs 1 / mean inference latency {:.1f} fps ({:.3f} ms)".format(
             s["fps"], s["inference_fps"], s["mean_inference_ms"]))
-    if s["speedup_vs_final_only"]:
-        lines.append("final-only {:.3f} ms on {} frames: speedup {:.2f}x over all frames (on those frames alone "
-                     "{:.2f}x)".format(s["final_only"]["mean_ms"], s["final_only"]["frames"],
-                                       s["speedup_vs_final_only"], s["speedup_vs_final_only_paired"]))
+    est, why = speedup_estimate(s)
+    if est is not None:
+        lines.append("in-loop speedup estimate {:.2f}x over final-only ({} paired frames; an estimate: mess-edge "
+                     "bench --instance measures it)".format(est, s["final_only"]["frames"]))
+    elif why != "off":
+        lines.append("in-loop speedup estimate not shown ({}); mess-edge bench --instance measures it".format(why))
     return "\n".join(lines)

@@ -8,6 +8,7 @@ import numpy as np
 
 from mess_edge.artifacts import atomic_file, atomic_path, check_outputs, write_json_atomic
 from mess_edge.errors import MessError
+from mess_edge.naming import exit_label
 from mess_edge.search.optimizer import Objective, search
 from mess_edge.search.inputs import load_search_inputs
 from mess_edge.search.instance import instance_dict
@@ -103,8 +104,8 @@ def summary(result, instance, out_path):
     """The lines `mess-edge search` prints."""
     cfg = result.config
     if cfg.heads:
-        exits = " | ".join("e{} {} th_img {}".format(e["exit"], e["graph"], "-" if e["th_img"] is None else
-                                                     "{:.2f}".format(e["th_img"])) for e in instance["exits"])
+        exits = " | ".join("{} th_img {}".format(exit_label(e["graph"]), "-" if e["th_img"] is None else
+                                                 "{:.2f}".format(e["th_img"])) for e in instance["exits"])
     else:
         exits = "none"
     speedup = result.final_only_cost / result.cost if result.cost > 0 else float("inf")
@@ -113,8 +114,9 @@ def summary(result, instance, out_path):
         "early exits      {}{}".format(exits, "" if cfg.final else " (stops there: no final exit)"),
         "exit policy      {}, th_pix {}".format(result.policy, "-" if cfg.th_pix is None else
                                                 "{:.2f}".format(cfg.th_pix)),
-        "exit fractions   {}".format(" | ".join("{} {:.1%}".format(k, v) for k, v in instance["exit_fractions"].items())),
-        "expected cost    {:.4g} {} vs final-only {:.4g} {} (speedup {:.2f}x, {})".format(
+        "exit fractions   {}".format(" | ".join("{} {:.1%}".format(exit_label(k), v)
+                                                for k, v in instance["exit_fractions"].items())),
+        "expected cost    {:.4g} {} vs final-only {:.4g} {} (predicted speedup {:.2f}x, {})".format(
             result.cost, result.cost_unit, result.final_only_cost, result.cost_unit, speedup, result.cost_model),
         "calibration mIoU {:.2f} vs final-only {:.2f} ({:+.2f} pp)".format(
             result.miou * 100, result.final_only_miou * 100, (result.miou - result.final_only_miou) * 100),

@@ -1,6 +1,7 @@
 """Evaluation of a checkpoint's heads, and of a searched instance on a held-out split."""
 
 from mess_edge.errors import MessError
+from mess_edge.naming import exit_label, histogram_text
 
 
 def evaluate_checkpoint(ckpt_path, data, split="test", max_images=None):
@@ -33,11 +34,11 @@ def format_eval(res):
     if "instance" in res:
         lines.append("instance {}: test mIoU {:.2f} (calibration {:.2f}); expected cost {:.4g} {}; exits taken {}"
                      .format(res["instance"], res["miou"], res["calibration_miou"], res["expected_cost"],
-                             res["cost_unit"], res["exit_histogram"]))
+                             res["cost_unit"], histogram_text(res["exit_histogram"])))
         return "\n".join(lines)
     lines.append("exit  arch       mIoU    GMACs")
     for e in res["exits"]:
-        lines.append("E{:<3}  {}  {:6.2f}  {:7.4f}".format(e["exit"] + 1, e["name"], e["miou"], e["gmacs"]))
+        lines.append("{:<4}  {}  {:6.2f}  {:7.4f}".format(exit_label(e["exit"]), e["name"], e["miou"], e["gmacs"]))
     lines.append("final            {:6.2f}  {:7.4f}".format(res["final"]["miou"], res["final"]["gmacs"]))
     return "\n".join(lines)
 

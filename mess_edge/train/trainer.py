@@ -291,9 +291,9 @@ def validate(model, data, split, max_images=None, device="cpu", batch_size=16, s
 
 
 def format_val(val):
-    """'E1 41.2 E2 50.1 final 56.1' (best architecture per exit point when there are several)."""
+    """'e0 41.2 e1 50.1 final 56.1' (best architecture per exit point when there are several)."""
     best = {}
     for e in val["exits"]:
         best[e["exit"]] = max(best.get(e["exit"], -1.0), e["miou"])
-    parts = ["E{} {:.1f}".format(k + 1, v) for k, v in sorted(best.items())]
+    parts = ["e{} {:.1f}".format(k, v) for k, v in sorted(best.items())]  # naming.exit_label's numbering
     return " ".join(parts + ["final {:.1f}".format(val["final"])])

@@ -17,7 +17,7 @@ import pytest
 from _fixtures import make_onnx_dir, write_split_instance
 from mess_edge.errors import MessError
 from mess_edge.build.builder import build_engines
-from mess_edge.run.overlay import Overlay, bgr_palette
+from mess_edge.run.overlay import Overlay, bgr_palette, overlay_reference
 from mess_edge.run.preprocess import Preprocessor, preprocess_reference
 from mess_edge.run.capture import Capture, Source, fourcc_text, valid_frame
 from mess_edge.run.chain import FrameResult, ReferenceChain
@@ -58,6 +58,11 @@ def decode(path):
         frames.append(frame)
 
 
+def fed(frame):
+    """What `mess-edge run` feeds the 32x32 network for a frame (letterboxed, its default)."""
+    return preprocess_reference(frame, (32, 32), NORM, fit="letterbox")
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """(engines, video with 12 frames, instance.json whose first threshold splits those frames)."""
@@ -66,8 +71,7 @@ def setup(tmp_path_factory):
     engines = load_engines(build_engines(str(base / "onnx"), "ort", out_dir=str(base / "eng")))
     video = write_video(str(base / "clip.mp4"), 12)
     path = str(base / "instance.json")
-    inst = write_split_instance(engines, [preprocess_reference(f, (32, 32), NORM) for f in decode(video)], path,
-                                (E0, E1))  # about half the frames leave at E0
+    inst = write_split_instance(engines, [fed(f) for f in decode(video)], path, (E0, E1))  # about half leave at E0
     return engines, video, path, inst
 
 
@@ -114,17 +118,6 @@ def test_overlay_blends_class_colours_and_keeps_background():
     assert (out[:, :150] == 100).all()  # background: the frame as it was
     want = np.round(0.5 * 100 + 0.5 * bgr_palette()[2].astype(float))
     np.testing.assert_allclose(out[:, 170:].reshape(-1, 3), np.broadcast_to(want, (160 * 150, 3)), atol=1)
-
-
-def overlay_reference(frame, labels, alpha=0.5, min_width=320):
-    """The plain overlay: labels to the frame's size (nearest), palette colours blended in, background kept,
-    then enlarged k times (nearest)."""
-    h, w = frame.shape[:2]
-    lab = cv2.resize(labels.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
-    blend = np.round((1 - alpha) * frame + alpha * bgr_palette()[lab].astype(float))
-    blend = np.where((lab == 0)[:, :, None], frame, blend).astype(np.uint8)
-    k = max(1, -(-min_width // w))
-    return blend.repeat(k, 0).repeat(k, 1)
 
 
 def test_overlay_matches_reference_and_reuses_its_buffers():
@@ -219,7 +212,7 @@ def test_video_end_to_end_matches_reference_without_torch(setup, tmp_path):
     assert s["frames_in"] == s["frames_written"] + s["dropped"] + s["corrupt"]
     assert s["end_reason"] == "end of source" and s["setting"] == "input-dependent"
     with ReferenceChain(engines, inst) as ref:
-        want = collections.Counter(ref.run(preprocess_reference(f, (32, 32), NORM)).graph for f in decode(video))
+        want = collections.Counter(ref.run(fed(f)).graph for f in decode(video))
     assert s["exit_histogram"] == dict(want) and 0 < want[E0] < 12  # some frames leave early, some do not
     for stage in ("preprocess", "inference", "to_result", "overlay", "output", "end_to_end", "segment_0", E0,
                   "upsample_16x16"):
@@ -270,7 +263,7 @@ def test_image_folder_skips_and_counts_a_corrupt_file(setup, tmp_path):
     for i in range(5):
         cv2.imwrite(str(folder / "{:03d}.png".format(i)), scene(i))
     (folder / "002b.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    out = str(tmp_path / "pngs")
+    out = str(tmp_path / "pngs") + "/"  # a folder: the path ends in a slash (or names an existing folder)
     s = run_stream(RunConfig(inst_path, engines.dir, source=str(folder), output=out, display=False))
     assert (s["frames_in"], s["frames"], s["corrupt"], s["dropped"], s["frames_written"]) == (6, 5, 1, 0, 5)
     assert sorted(os.listdir(out)) == ["{:06d}.png".format(i) for i in range(5)]
@@ -448,6 +441,7 @@ def test_ctrl_c_stops_cleanly_with_stats_and_a_playable_video(setup, tmp_path, r
     p.send_signal(signal.SIGINT)
     stdout, stderr = p.communicate(timeout=30)
     assert p.returncode == 130, stderr[-2000:]  # everything written, and the caller told it was interrupted
+    assert "end: interrupted" in stdout
     s = json.load(open(stats))
     assert s["end_reason"] == "interrupted" and s["frames"] > 12  # looped past the clip's end
     assert len(decode(out)) == s["frames_written"] == s["frames_presented"] and not os.path.exists(partial)
@@ -455,3 +449,21 @@ def test_ctrl_c_stops_cleanly_with_stats_and_a_playable_video(setup, tmp_path, r
     assert s["frames_in"] == s["frames"] + s["dropped"] + s["corrupt"]
     if not realtime:  # a file read without drops presents every frame
         assert s["frames_written"] == s["frames"] and s["dropped_by_capture"] == 0  # dropped: the queue at stop
+
+
+def test_no_window_is_said_a_bad_output_is_an_error_and_the_fit_is_recorded(setup, tmp_path, monkeypatch):
+    engines, video, inst_path, _ = setup
+    monkeypatch.delenv("DISPLAY", raising=False)
+    lines = []
+    s = run_stream(RunConfig(inst_path, engines.dir, source=video, max_frames=2, final_only_frames=0),
+                   log=lines.append)
+    assert [ln for ln in lines if ln.startswith("no window: DISPLAY is not set")] and s["display"] is False
+    assert s["fit"] == "letterbox" and s["fit_geometry"] == {  # 40x48 frames: 27x32 between 2-row bars
+        "frame_hw": [40, 48], "input_hw": [32, 32], "content": [2, 0, 27, 32], "source": [0, 0, 40, 48]}
+    quiet = []
+    run_stream(RunConfig(inst_path, engines.dir, source=video, max_frames=1, display=False), log=quiet.append)
+    assert not [ln for ln in quiet if "no window" in ln]  # --no-display: the user knows
+    r = cli("run", inst_path, "--engines", engines.dir, "--source", video, "--output", str(tmp_path / "out2.mp"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and not os.path.exists(str(tmp_path / "out2.mp"))
+    assert r.stderr.strip().splitlines()[-1].startswith("error: got --output {}; expected a video path".format(
+        tmp_path / "out2.mp"))
