@@ -21,6 +21,8 @@ from mess_edge.run.stats import format_stats
 @click.option("--max-frames", type=int, default=None, help="Stop after N processed frames.")
 @click.option("--deadline-ms", type=float, default=None, help="Anytime instances: deadline per frame.")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime threads [default: physical cores].")
+@click.option("--device", "device_index", type=int, default=0, show_default=True,
+              help="TensorRT: CUDA device index the engines run on.")
 @click.option("--realtime/--no-realtime", default=False, show_default=True,
               help="Files: play at the file's fps, dropping frames like a camera (default: every frame).")
 @click.option("--loop", is_flag=True, help="Files: start again at the end.")
@@ -31,7 +33,8 @@ from mess_edge.run.stats import format_stats
               help="Also time the final-only path on N frames (every K-th, see above), paired with the same frames' "
               "instance times: the speedup; 0: off.")
 def run(instance, engine_dir, camera, source, camera_size, camera_fps, camera_fourcc, output, display, stats_path,
-        max_frames, deadline_ms, threads, realtime, loop, timeout_s, final_only_every, final_only_frames):
+        max_frames, deadline_ms, threads, device_index, realtime, loop, timeout_s, final_only_every,
+        final_only_frames):
     """Run INSTANCE on a camera, a file or a stream: overlaid frames out, statistics at the end."""
     from mess_edge.runtime.ort_runner import configure_ort_threads
 
@@ -40,6 +43,7 @@ def run(instance, engine_dir, camera, source, camera_size, camera_fps, camera_fo
                     display=display, stats=stats_path, max_frames=max_frames, deadline_ms=deadline_ms,
                     realtime=realtime, loop=loop, timeout_s=timeout_s, final_only_frames=final_only_frames,
                     final_only_every=final_only_every, camera_fps=camera_fps, camera_fourcc=camera_fourcc,
+                    device_index=device_index,
                     camera_size=None if camera_size is None else parse_size(camera_size))
     stats = run_stream(cfg, log=lambda line: click.echo(line, err=True))
     click.echo(format_stats(stats))
