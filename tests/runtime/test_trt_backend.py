@@ -368,3 +368,57 @@ def test_trt_sidecar_refusal(trt_engines, tmp_path):
     json.dump(side, open(os.path.join(eng, "engine.json"), "w"))
     with pytest.raises(MessError, match="built with tensorrt 8.0.1; .*rebuild here: mess-edge build"):
         load_engines(eng)
+
+
+@pytest.mark.gpu
+def test_trt_builds_graph_precision_folders(trt_engines, tmp_path):
+    """Q/DQ INT8 and FP16 folders from mess-edge quantize build as explicit precision (8.x flags, 10+/11 strongly
+    typed) and agree with onnxruntime running the same graphs on most label pixels."""
+    import numpy as np
+    import cv2
+    from mess_edge.build.builder import build_engines
+    from mess_edge.build.engine_set import load_engines
+    from mess_edge.quantize.quantizer import quantize_folder
+    onnx_dir = trt_engines[0]
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        cv2.imwrite(str(calib / "{}.png".format(i)), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    for p in ("int8", "fp16"):
+        q = str(tmp_path / ("onnx-" + p))
+        quantize_folder(onnx_dir, p, q, str(calib) if p == "int8" else None)
+        engines = load_engines(build_engines(q, "trt", out_dir=str(tmp_path / ("e-" + p))))
+        assert engines.precision == p
+        x = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
+        with engines.runner("monolithic") as r:
+            got = r.infer({"image": x})["labels"]
+        want = _reference(q, "monolithic", {"image": x})["labels"]
+        assert np.mean(got == want) > 0.9, p
+
+
+@pytest.mark.gpu
+def test_trt_chain_syncs_only_where_the_host_reads(trt_engines, tmp_path):
+    """The TensorRT chain (one stream, no per-segment sync, pinned image buffer) gives the reference chain's
+    outputs, reports CUDA-event stage times, and refuses a first run with an unwired input missing."""
+    import numpy as np
+    from _fixtures import write_split_instance
+    from mess_edge.build.engine_set import load_engines
+    from mess_edge.errors import MessError
+    from mess_edge.run.chain import Chain, ReferenceChain, load_instance
+    engines = load_engines(trt_engines[1])
+    rng = np.random.default_rng(2)
+    frames = [rng.standard_normal((1, 3, 32, 32)).astype(np.float32) for _ in range(6)]
+    path = str(tmp_path / "inst.json")
+    write_split_instance(engines, frames, path)
+    inst = load_instance(path)
+    with ReferenceChain(engines, inst) as ref, Chain(engines, inst) as chain:
+        buf = chain.backend.input_buffer()
+        for x in frames:
+            np.copyto(buf, x)
+            got, want = chain.run(buf), ref.run(x)
+            assert got.exit == want.exit and np.mean(got.labels == want.labels) > 0.99
+            assert set(chain.backend.gpu_times()) <= set(got.times) and all(v >= 0 for v in got.times.values())
+    with engines.runner("head_e0_c1b1r0h0") as head:
+        with pytest.raises(MessError, match=r"got no value for input\(s\) \['feat', 'th_pix'\] on its first run"):
+            head.enqueue({})
