@@ -134,6 +134,10 @@ def build_engines(onnx_dir, backend, precision=None, out_dir=None, providers=("c
     if implicit_int8 and not calib_dir:
         raise MessError("got --precision int8 without --calib-data; expected a folder of calibration "
                         "images; try --calib-data calibrate/<set>, or mess-edge quantize (Q/DQ graphs)")
+    if backend == "trt" and (manifest.get("calibration") or {}).get("activations") == "uint8":
+        raise MessError("got graphs quantized with uint8 activations ({}); expected symmetric int8 Q/DQ for "
+                        "TensorRT (it has no asymmetric INT8); try mess-edge quantize --activations int8".format(
+                            onnx_dir))
     if backend == "trt":
         from mess_edge.runtime.trt_runner import import_trt
 

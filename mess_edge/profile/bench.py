@@ -25,6 +25,7 @@ class BenchConfig:
     pilot_s: float = 0.5       # seconds per monolithic setting when looking for the fastest one
     pairs: int = 200           # interleaved chain / monolithic pairs
     seed: int = 0
+    device_index: int = 0      # TensorRT: the CUDA device the engines run on
 
 
 class _ChainHandle(object):
@@ -146,7 +147,7 @@ def bench_engines(engine_dir, config=BenchConfig(), progress=None):
     pixels where chain and monolithic labels agree), "pairs", "threading", ...}. Threading: as in
     profile_engines.
     """
-    engines = load_engines(engine_dir)
+    engines = load_engines(engine_dir, device_index=config.device_index)
     rng = np.random.default_rng(config.seed)
     pcfg = ProfileConfig(config.min_iters, config.min_seconds, config.warmup_s, 0.5, config.seed)
     rows = []

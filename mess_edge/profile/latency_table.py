@@ -42,6 +42,7 @@ class ProfileConfig:
     stretches: bool = True     # ORT: also time every fused stretch of backbone graphs a chain may run
     visit_warm_frames: int = 1   # ORT in chain: untimed frames of one chain before its timed ones, per visit ...
     visit_timed_frames: int = 8  # ... and timed frames (a deployed loop runs one chain frame after frame)
+    device_index: int = 0        # TensorRT: the CUDA device the engines run on
 
 
 def random_feed(metas, th_pix, rng):
@@ -112,7 +113,7 @@ def profile_engines(engine_dir, out=None, config=ProfileConfig(), progress=None)
     ORT threading is the process's: call ort_runner.configure_ort_threads() first for the global pool
     (the commands do), as the process that runs the chain will.
     """
-    engines = load_engines(engine_dir)
+    engines = load_engines(engine_dir, device_index=config.device_index)
     rng = np.random.default_rng(config.seed)
     graphs = [g for role in ROLE_ORDER for g in engines.by_role(role)]
     lut = {"format": LUT_FORMAT, "device": engines.sidecar["device"], "backend": engines.backend,

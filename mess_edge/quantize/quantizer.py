@@ -10,7 +10,9 @@ training stack cannot take, and gives nothing a 6-graph CNN chain needs beyond w
 
 The Q/DQ settings follow what TensorRT's explicit quantization accepts: symmetric INT8 for activations and
 weights (zero point 0; TensorRT has no asymmetric INT8), per-channel weights, float biases (TensorRT 8.5's
-DequantizeLinear takes INT8 only; QuantizeBias off). Calibration: min/max of the activations over the
+DequantizeLinear takes INT8 only; QuantizeBias off). ``activations="uint8"`` instead writes asymmetric UINT8
+activations (INT8 weights): ONNX Runtime's x86 CPU kernels are built for that u8s8 pairing and run it much
+faster than s8s8 (benchmarks/precision.py), but TensorRT refuses such graphs, so it is for CPU targets only. Calibration: min/max of the activations over the
 calibration split, each image read through the runtime's preprocessing (runtime/calib_data.py), and each
 graph fed the real outputs of the already QUANTIZED segments before it, so segment k is calibrated on what the
 deployed INT8 chain hands it, errors of earlier segments included.
@@ -81,7 +83,7 @@ class _Reader(object):
         self.it = None
 
 
-def _quantize_int8(src, dst, role, feeds, method):
+def _quantize_int8(src, dst, role, feeds, method, activations="int8"):
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, \
         quantize_static
@@ -99,10 +101,11 @@ def _quantize_int8(src, dst, role, feeds, method):
     try:
         _run_quantize_static(
             quantize_static, model, dst, reader, quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=keep,
-            calibrate_method=methods[method],
+            activation_type=QuantType.QInt8 if activations == "int8" else QuantType.QUInt8,
+            weight_type=QuantType.QInt8, nodes_to_exclude=keep, calibrate_method=methods[method],
             # MinMax keeps per-image ReduceMin / ReduceMax scalars, not activations: memory stays small
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+            extra_options={"ActivationSymmetric": activations == "int8", "WeightSymmetric": True,
+                           "QuantizeBias": False})
     finally:
         root.setLevel(level)
     return keep
@@ -137,12 +140,16 @@ def _versions():
     return {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__}
 
 
+ACTIVATIONS = ("int8", "uint8")
+
+
 def quantize_folder(onnx_dir, precision, out_dir, calib_dir=None, max_images=64, calib_method="minmax",
-                    allow_resize=False, log=None):
+                    allow_resize=False, log=None, activations="int8"):
     """Write ``out_dir``: every graph of the fp32 folder ``onnx_dir`` at ``precision`` ("int8" Q/DQ or "fp16"),
     a manifest.json that build / profile / search / run read unchanged, recording precision, quantizer and
     calibration set (path, sha256 of names + bytes, image count, preprocessing). Replaced atomically.
-    Returns the new manifest dict. ``log``: callable taking one progress line.
+    Returns the new manifest dict. ``log``: callable taking one progress line. ``activations``: "int8"
+    (symmetric, TensorRT and ORT) or "uint8" (asymmetric, ORT CPU only: its fastest kernels).
     """
     import time
 
@@ -152,6 +159,8 @@ def quantize_folder(onnx_dir, precision, out_dir, calib_dir=None, max_images=64,
     log = log or (lambda line: None)
     if precision not in GRAPH_PRECISIONS:
         raise MessError("got --precision {!r}; expected one of {}".format(precision, ", ".join(GRAPH_PRECISIONS)))
+    if activations not in ACTIVATIONS:
+        raise MessError("got --activations {!r}; expected one of {}".format(activations, ", ".join(ACTIVATIONS)))
     if calib_method not in CALIB_METHODS:
         raise MessError("got --calib-method {!r}; expected one of {}".format(calib_method, ", ".join(CALIB_METHODS)))
     manifest, manifest_sha = read_manifest(onnx_dir)
@@ -187,7 +196,8 @@ def quantize_folder(onnx_dir, precision, out_dir, calib_dir=None, max_images=64,
                 shutil.copyfile(src, dst)
                 got, keep = "fp32", []
             elif precision == "int8":
-                keep = _quantize_int8(src, dst, g["role"], graph_feeds(manifest, g, calib, run), calib_method)
+                keep = _quantize_int8(src, dst, g["role"], graph_feeds(manifest, g, calib, run), calib_method,
+                                      activations)
                 got = "int8"
             else:
                 keep, got = _convert_fp16(src, dst, g["role"]), "fp16"
@@ -202,7 +212,8 @@ def quantize_folder(onnx_dir, precision, out_dir, calib_dir=None, max_images=64,
                                   precision == "int8" else "onnxruntime.transformers.float16 (keep_io_types)"),
                    calibration=None)
         if calib is not None:
-            out["calibration"] = dict(calib.identity(), method=calib_method, per_channel=True, symmetric=True,
+            out["calibration"] = dict(calib.identity(), method=calib_method, per_channel=True,
+                                      symmetric=activations == "int8", activations=activations,
                                       inputs_from="quantized segments")
         write_json_atomic(os.path.join(tmp, "manifest.json"), out)
         replace_folder(tmp, out_dir)

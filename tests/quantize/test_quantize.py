@@ -142,3 +142,19 @@ def test_precision_and_calibration_mismatches_are_one_line_errors(folders, tmp_p
            big, "--out", str(tmp_path / "q3")]
     r = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "is 48x48; expected 32x32" in r.stderr
+
+
+def test_uint8_activations_are_for_onnx_runtime_only(folders, tmp_path):
+    q = str(tmp_path / "u8")
+    m = quantize_folder(folders["fp32"], "int8", q, folders["calib"], activations="uint8")
+    assert m["calibration"]["activations"] == "uint8" and m["calibration"]["symmetric"] is False
+    head = onnx.load(os.path.join(q, "segment_0.onnx"))
+    zero_points = [i for i in head.graph.initializer if i.name.endswith("zero_point")]
+    assert any(z.data_type == onnx.TensorProto.UINT8 for z in zero_points)
+    e = build_engines(q, "ort", out_dir=str(tmp_path / "e"))
+    final_only = {"format": "mess-edge-instance/1", "setting": "final-only", "exits": [], "final": True}
+    got = [r.labels for r in _chain_labels(e, folders["test"], final_only)]
+    want = [r.labels for r in _chain_labels(folders["engines"]["fp32"], folders["test"], final_only)]
+    assert np.mean([np.mean(a == b) for a, b in zip(got, want)]) >= 0.9
+    with pytest.raises(MessError, match="quantized with uint8 activations .*expected symmetric int8 Q/DQ"):
+        build_engines(q, "trt", out_dir=str(tmp_path / "t"))
