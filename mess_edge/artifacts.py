@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 
 
@@ -232,3 +233,25 @@ def folder_lock(folder, what):
         yield
     finally:
         os.close(fd)
+
+
+def check_output_folder(out_dir, marker="manifest.json"):
+    """MessError unless ``out_dir`` is absent, empty, or a folder this tool wrote before (holds ``marker``)."""
+    from mess_edge.errors import MessError
+
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or (
+            os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, marker)))):
+        raise MessError("{} exists and is not an export folder (no {}); choose another --out".format(out_dir, marker))
+
+
+def replace_folder(tmp, out_dir, marker="manifest.json"):
+    """Swap the finished folder ``tmp`` in: the old one (if any) is removed only after the new one is complete."""
+    if os.path.exists(out_dir):
+        check_output_folder(out_dir, marker)
+        old = out_dir.rstrip("/") + ".old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out_dir, old)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)

@@ -20,6 +20,7 @@ COMMANDS = {
     "eval": "mess_edge.train.commands:evaluate",
     "calibrate": "mess_edge.calibrate.commands:calibrate_command",
     "export": "mess_edge.export.commands:export",
+    "quantize": "mess_edge.quantize.commands:quantize",
     "build": "mess_edge.build.commands:build",
     "profile": "mess_edge.profile.commands:profile",
     "bench": "mess_edge.profile.commands:bench",
@@ -53,7 +54,7 @@ def cli():
     """mess-edge: train a multi-exit segmentation network once, deploy it on every device.
 
     \b
-    Pipeline: data -> train -> calibrate -> export -> build -> profile -> search -> run
+    Pipeline: data -> train -> calibrate -> export [-> quantize] -> build -> profile -> search -> run
     """
 
 

@@ -11,7 +11,9 @@ DEVICE_MODULES = [
     "mess_edge.cli", "mess_edge.errors", "mess_edge.artifacts", "mess_edge.metrics", "mess_edge.confidence",
     "mess_edge.data.voc", "mess_edge.data.digitscenes", "mess_edge.data.commands",
     "mess_edge.runtime", "mess_edge.runtime.runner", "mess_edge.runtime.ort_runner", "mess_edge.runtime.trt_runner",
-    "mess_edge.runtime.fuse", "mess_edge.runtime.device",
+    "mess_edge.runtime.fuse", "mess_edge.runtime.device", "mess_edge.runtime.calib_data",
+    "mess_edge.quantize", "mess_edge.quantize.quantizer", "mess_edge.quantize.commands",
+    "mess_edge.calibrate.engine_memo",
     "mess_edge.build", "mess_edge.build.builder", "mess_edge.build.int8", "mess_edge.build.engine_set",
     "mess_edge.build.commands",
     "mess_edge.profile", "mess_edge.profile.latency_table", "mess_edge.profile.timing", "mess_edge.profile.bench",
@@ -50,3 +52,17 @@ def test_cli_help_without_torch():
 def test_torch_really_blocked():
     r = _run("import torch")
     assert r.returncode != 0 and "torch" in r.stderr
+
+
+def test_quantize_runs_without_torch(tmp_path):
+    """INT8 and FP16 quantization is device side: onnxruntime's tools, the runtime's Preprocessor, no torch."""
+    code = ("sys.path.insert(0, 'tests'); import numpy as np, cv2, os; from _fixtures import make_onnx_dir; "
+            "make_onnx_dir({d!r}); os.makedirs({c!r}); "
+            "[cv2.imwrite(os.path.join({c!r}, '%d.png' % i), np.full((32, 32, 3), 40 * i, np.uint8)) for i in range(3)]; "
+            "from mess_edge.cli import main; "
+            "main(['quantize', {d!r}, '--precision', 'int8', '--calib-data', {c!r}, '--out', {q!r}])").format(
+        d=str(tmp_path / "onnx"), c=str(tmp_path / "calib"), q=str(tmp_path / "q"))
+    r = _run(code)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "wrote 10 graphs at int8" in r.stdout
+

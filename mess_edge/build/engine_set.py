@@ -28,8 +28,8 @@ class EngineSet(object):
     """A validated engine folder: ``sidecar``, ``manifest``, ``graphs`` (manifest order, each with the
     sidecar's ``file``/``precision``), and ``runner(name)`` making the backend's Runner for a graph."""
 
-    def __init__(self, engine_dir, sidecar, manifest):
-        self.dir, self.sidecar, self.manifest = engine_dir, sidecar, manifest
+    def __init__(self, engine_dir, sidecar, manifest, device_index=0):
+        self.dir, self.sidecar, self.manifest, self.device_index = engine_dir, sidecar, manifest, device_index
         self.backend, self.precision = sidecar["backend"], sidecar["precision"]
         built = {e["name"]: e for e in sidecar["graphs"]}
         self.graphs = []
@@ -63,6 +63,7 @@ class EngineSet(object):
             from mess_edge.runtime.ort_runner import OrtRunner
             return OrtRunner(self.path(name), providers=self.sidecar["providers"], name=name, **options)
         from mess_edge.runtime.trt_runner import TrtRunner
+        options.setdefault("device_index", self.device_index)
         return TrtRunner(self.path(name), name=name, dla_core=self.sidecar.get("dla_core"), **options)
 
 
@@ -89,8 +90,9 @@ def engine_files(engines):
     return [os.path.join(engines.dir, n) for n in names]
 
 
-def load_engines(engine_dir, verify_files=True):
+def load_engines(engine_dir, verify_files=True, device_index=0):
     """Open an engine folder after checking that it belongs to this device and these library versions.
+    ``device_index``: the CUDA device TensorRT runners use (ignored by ONNX Runtime engines).
 
     Refuses (MessError with the rebuild command) a folder built on another device, with another version
     of the backend library, or whose files or manifest changed since the build.
@@ -125,4 +127,4 @@ def load_engines(engine_dir, verify_files=True):
             if not os.path.isfile(path) or sha256_file(path) != e["sha256"]:
                 raise MessError("engine file {} is missing or changed since the build; rebuild: {}".format(
                     path, rebuild))
-    return EngineSet(engine_dir, sidecar, manifest)
+    return EngineSet(engine_dir, sidecar, manifest, device_index)

@@ -15,7 +15,7 @@ import warnings
 import numpy as np
 import torch
 
-from mess_edge.artifacts import make_temp_dir, sha256_file, write_json_atomic
+from mess_edge.artifacts import check_output_folder, make_temp_dir, replace_folder, sha256_file, write_json_atomic
 from mess_edge.confidence import DEFAULT_TH_PIX
 from mess_edge.data.voc import IMAGENET_MEAN, IMAGENET_STD
 from mess_edge.errors import MessError
@@ -56,7 +56,7 @@ def export_checkpoint(ckpt_path, out_dir, log=print):
     from mess_edge.train.checkpoint import build_model, load_checkpoint
     from mess_edge.train.data import class_names
 
-    _check_out_dir(out_dir)
+    check_output_folder(out_dir)
     ckpt = load_checkpoint(ckpt_path)
     net = build_model(ckpt).eval()
     heads = net.heads()
@@ -81,7 +81,7 @@ def export_checkpoint(ckpt_path, out_dir, log=print):
             "exit_points": [e.to_dict() for e in net.exit_points],
         })
         write_json_atomic(os.path.join(tmp, "manifest.json"), manifest)
-        _replace_dir(tmp, out_dir)
+        replace_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -103,26 +103,6 @@ def check_parity(manifest, ckpt_path):
             raise MessError("export parity check failed for {}: got {} {:.4%}; expected >= {:.2%} (manifest "
                             "parity.tolerance); nothing was written".format(ckpt_path, key, parity["chain"][key],
                                                                           tol["min_label_agreement"]))
-
-
-def _check_out_dir(out_dir):
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or (
-            os.listdir(out_dir) and not os.path.isfile(os.path.join(out_dir, "manifest.json")))):
-        raise MessError("{} exists and is not an export folder (no manifest.json); choose another --out"
-                        .format(out_dir))
-
-
-def _replace_dir(tmp, out_dir):
-    """Swap the finished folder in: the old one (if any) is removed only after the new one is complete."""
-    if os.path.exists(out_dir):
-        _check_out_dir(out_dir)
-        old = out_dir.rstrip("/") + ".old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out_dir, old)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
 
 
 def _export_all(net, heads, hw, out, log, onnx):

@@ -26,6 +26,7 @@ class BenchConfig:
     pilot_s: float = 0.5       # seconds per monolithic setting when looking for the fastest one
     pairs: int = 200           # interleaved chain / monolithic pairs
     seed: int = 0
+    device_index: int = 0      # TensorRT: the CUDA device the engines run on
 
 
 class _ChainHandle(object):
@@ -47,7 +48,6 @@ def _chain(engines, image, th_pix, fused=True):
     session per segment, features passed as OrtValues (the unfused chain, for comparison).
     """
     segs = engines.by_role("segment")
-    final = engines.graph("final")  # last segment + final head + upsample -> labels
     names = [g["name"] for g in segs] + ["final"]
     if engines.backend == "ort" and fused:
         from mess_edge.run.chain import INSTANCE_FORMAT, Chain
@@ -66,12 +66,11 @@ def _chain(engines, image, th_pix, fused=True):
                 v = r.infer_ortvalues({name_in: v}, check_inputs=False)["feat"]
             return rs[-1].infer_ortvalues({"feat": v}, check_inputs=False)["labels"].numpy()
         return run, rs
-    # TensorRT: one stream; each runner's first input reads the previous runner's output buffer
-    rs = [engines.runner(names[0]).activate()]
-    for g in segs[1:] + [final]:
-        r = engines.runner(g["name"], stream=rs[0].stream).activate()
-        r.use_device_input(g["inputs"][0]["name"], rs[-1].device_tensor("feat"))
-        rs.append(r)
+    # TensorRT: the chain's own wiring (run/chain_backends.wire_trt), one stream, one host sync at the end
+    from mess_edge.run.chain_backends import wire_trt
+
+    runners, _ = wire_trt(engines, names[:-1])
+    rs = list(runners.values())
 
     def run():
         rs[0].enqueue({"image": image}, host_outputs=(), check_inputs=False)
@@ -149,7 +148,7 @@ def bench_engines(engine_dir, config=BenchConfig(), progress=None):
     pixels where chain and monolithic labels agree), "pairs", "threading", ...}. Threading: as in
     profile_engines.
     """
-    engines = load_engines(engine_dir)
+    engines = load_engines(engine_dir, device_index=config.device_index)
     rng = np.random.default_rng(config.seed)
     pcfg = ProfileConfig(config.min_iters, config.min_seconds, config.warmup_s, DEFAULT_TH_PIX, config.seed)
     rows = []

@@ -11,6 +11,8 @@ from mess_edge.confidence import DEFAULT_TH_PIX
 
 _THREADS = click.option("--threads", type=int, default=None,
                         help="ONNX Runtime: threads of the process-wide pool [default: physical cores].")
+_DEVICE = click.option("--device", "device_index", type=int, default=0, show_default=True,
+                       help="TensorRT: CUDA device index the engines run on.")
 
 
 def _own_ort_threads(threads):
@@ -34,9 +36,10 @@ def _progress(i, n, name, stats):
 @click.option("--th-pix", type=float, default=DEFAULT_TH_PIX, show_default=True,
               help="Pixel threshold fed to heads (timings do not depend on it).")
 @_THREADS
+@_DEVICE
 @click.option("--alone", is_flag=True, help="ORT: time every graph alone in a loop instead of inside chained "
               "frames (warm caches: predicts chained latency too low on CPUs).")
-def profile(engine_dir, out, min_iters, min_seconds, warmup_s, th_pix, threads, alone):
+def profile(engine_dir, out, min_iters, min_seconds, warmup_s, th_pix, threads, device_index, alone):
     """Time every graph of ENGINE_DIR, and on ORT every stretch of segments the chain fuses, inside chained frames,
     and write the latency table (lut.json)."""
     import os
@@ -44,7 +47,7 @@ def profile(engine_dir, out, min_iters, min_seconds, warmup_s, th_pix, threads, 
     from mess_edge.profile.latency_table import ProfileConfig, profile_engines
 
     config = ProfileConfig(min_iters=min_iters, min_seconds=min_seconds, warmup_s=warmup_s, th_pix=th_pix,
-                           in_chain=not alone)
+                           in_chain=not alone, device_index=device_index)
     _own_ort_threads(threads)
     profile_engines(engine_dir, out, config, progress=_progress)
     click.echo("latency table written to {}".format(out or os.path.join(engine_dir, "lut.json")))
@@ -65,8 +68,9 @@ def profile(engine_dir, out, min_iters, min_seconds, warmup_s, th_pix, threads, 
 @click.option("--deadline-ms", type=float, default=None, help="--instance: anytime instances' deadline per frame.")
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Also save the result as JSON.")
 @_THREADS
+@_DEVICE
 def bench(engine_dir, min_seconds, pairs, instance_path, data, split, source, images, reps, deadline_ms, json_out,
-          threads):
+          threads, device_index):
     """Latency and GMAC/s of every graph; chained final-only path vs the fastest monolithic setting. With
     --instance: the instance's measured speedup over final-only, interleaved frame by frame on real frames."""
     from mess_edge.artifacts import check_outputs, write_json_atomic
@@ -78,7 +82,7 @@ def bench(engine_dir, min_seconds, pairs, instance_path, data, split, source, im
         from mess_edge.profile.instance_bench import bench_instance, format_instance_bench
 
         result = bench_instance(engine_dir, instance_path, data, split, source, images, reps, deadline_ms,
-                                show_progress=True)
+                                show_progress=True, device_index=device_index)
         click.echo(format_instance_bench(result))
         if json_out:
             write_json_atomic(json_out, result)
@@ -89,7 +93,7 @@ def bench(engine_dir, min_seconds, pairs, instance_path, data, split, source, im
         raise MessError("got --data/--source without --instance; expected --instance INSTANCE.json with them")
     from mess_edge.profile.bench import BenchConfig, bench_engines, format_bench
 
-    result = bench_engines(engine_dir, BenchConfig(min_seconds=min_seconds, pairs=pairs), progress=_progress)
+    result = bench_engines(engine_dir, BenchConfig(min_seconds=min_seconds, pairs=pairs, device_index=device_index), progress=_progress)
     click.echo(format_bench(result))
     if json_out:
         write_json_atomic(json_out, result)

@@ -102,17 +102,18 @@ def load_frames(engines, data=None, split="test", source=None, limit=200):
 
 
 def bench_instance(engine_dir, instance_path, data=None, split="test", source=None, images=200, reps=3,
-                   deadline_ms=None, show_progress=False):
+                   deadline_ms=None, show_progress=False, device_index=0):
     """The instance's chain vs the chained final-only path and the monolithic graph on real frames, interleaved.
     Returns {"configs": interleaved's dict for "instance", "final-only", "monolithic", "baseline" (the faster
     final-only path by mean), "speedup" (baseline mean / instance mean), "paired_speedup_median" (per frame,
     baseline / instance), "predicted_speedup" (from the instance's cost table, ms instances only),
     "miou_drop_pp" (baseline - instance, with labels), "frames", "reps", ...}. ``deadline_ms``: anytime
-    instances, as `mess-edge run --deadline-ms`. ``show_progress``: as interleaved's."""
+    instances, as `mess-edge run --deadline-ms`. ``show_progress``: as interleaved's. ``device_index``: TensorRT's
+    CUDA device."""
     from mess_edge.run.chain import Chain, load_instance
     from mess_edge.build.engine_set import load_engines
 
-    engines = load_engines(engine_dir)
+    engines = load_engines(engine_dir, device_index=device_index)
     inst = load_instance(instance_path)
     if deadline_ms is not None and inst.get("setting") != "anytime":
         raise MessError("got --deadline-ms with a {} instance; expected an anytime instance; try mess-edge search "

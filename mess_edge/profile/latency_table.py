@@ -2,17 +2,20 @@
 
 ``profile_engines`` writes lut.json (docs/artifacts.md): every segment, head, final and upsample graph
 timed on random inputs of its real shape (th_pix = confidence.DEFAULT_TH_PIX) - with ONNX Runtime inside chained frames, as the
-runtime runs them (``_time_in_chain``); with TensorRT alone, from CUDA events - and the monolithic graph
+runtime runs them (``_time_in_chain``); with TensorRT inside frames wired and queued exactly as ``run`` does
+(``_time_in_chain_trt``, run/chain_backends.wire_trt), from CUDA events - and the monolithic graph
 alone, plus the conditions. With ONNX Runtime also every *stretch*: consecutive backbone graphs that the
 chain runs as one fused graph when no selected exit reads the features between them (runtime/fuse.py); the
 search prices a stretch by its own time, not the sum of its pieces' (search/costs.py).
 ``time_graph`` is shared with bench.py, which sets the chained path against the monolithic graph.
 
 What is timed: ORT runs through IOBinding with inputs already in OrtValues, as the chain runs them;
-TensorRT runs the engine alone with inputs already in device buffers (no host copies): host wall clock
+TensorRT (in chain): every stage's CUDA-event time inside whole queued frames (*_ms = gpu_*_ms); alone
+(``--alone``, and the monolithic graph): the engine with inputs already in device buffers, host wall clock
 including the synchronisation, plus the GPU time from CUDA events (gpu_*_ms).
 """
 
+import collections
 import dataclasses
 import os
 
@@ -40,6 +43,7 @@ class ProfileConfig:
     stretches: bool = True     # ORT: also time every fused stretch of backbone graphs a chain may run
     visit_warm_frames: int = 1   # ORT in chain: untimed frames of one chain before its timed ones, per visit ...
     visit_timed_frames: int = 8  # ... and timed frames (a deployed loop runs one chain frame after frame)
+    device_index: int = 0        # TensorRT: the CUDA device the engines run on
 
 
 def random_feed(metas, th_pix, rng):
@@ -83,7 +87,10 @@ def _time_alone(runner, config, rng):
 
 
 def _conditions(engines, config, threading):
-    if engines.backend != "ort":
+    if engines.backend != "ort" and config.in_chain:
+        how = ("TensorRT: segments, heads, upsamples and final timed by CUDA events inside whole frames queued on "
+               "one stream as the chain runs them (one host sync per frame); monolithic alone")
+    elif engines.backend != "ort":
         how = "TensorRT engine alone, no host copies: *_ms host wall clock incl. sync, gpu_*_ms CUDA events"
     elif config.in_chain:
         how = ("ORT IOBinding, inputs as OrtValues; segments, heads, upsamples, final and fused stretches timed "
@@ -107,7 +114,7 @@ def profile_engines(engine_dir, out=None, config=ProfileConfig(), progress=None)
     ORT threading is the process's: call ort_runner.configure_ort_threads() first for the global pool
     (the commands do), as the process that runs the chain will.
     """
-    engines = load_engines(engine_dir)
+    engines = load_engines(engine_dir, device_index=config.device_index)
     out = out or os.path.join(engine_dir, "lut.json")
     check_outputs([("--out", out)], [("ENGINE_DIR", p) for p in engine_files(engines)])
     with folder_lock(engine_dir, "mess-edge profile"):  # two profiles of one folder would time each other
@@ -126,9 +133,11 @@ def _profile(engines, config, progress):
            "checkpoint_sha256": engines.manifest.get("checkpoint_sha256"), "conditions": None,
            "segments": [], "heads": [], "final": None, "upsample": None, "upsamples": [], "monolithic": None}
     fused = _fuse_stretches(engines) if config.stretches and engines.backend == "ort" else {}
-    in_chain, stretches = {}, {}
+    in_chain, stretches, in_chain_gpu = {}, {}, {}
     if config.in_chain and engines.backend == "ort":
         in_chain, stretches = _time_in_chain(engines, config, rng, fused)
+    elif config.in_chain:
+        in_chain_gpu = _time_in_chain_trt(engines, config, rng)
     else:
         for key, (names, runner) in fused.items():
             with runner:
@@ -137,6 +146,8 @@ def _profile(engines, config, progress):
     for i, g in enumerate(graphs):
         if g["name"] in in_chain:
             stats, gpu = in_chain[g["name"]], None
+        elif g["name"] in in_chain_gpu:
+            stats = gpu = in_chain_gpu[g["name"]]
         else:
             stats, gpu = time_graph(engines, g["name"], config, rng)
         row = timing.stats_dict(stats)
@@ -190,6 +201,46 @@ def _fuse_stretches(engines):
                 out[(first, last)] = (names[first:last + 1], OrtRunner(model, providers=engines.sidecar["providers"],
                                                                        name=label))
     return out
+
+
+def _time_in_chain_trt(engines, config, rng):
+    """{graph: GPU TimingStats}: every segment, head, upsample and the final graph timed by its CUDA events inside
+    whole frames wired and queued as the runtime's TrtBackend runs them (run/chain_backends.wire_trt: one stream,
+    features in device buffers, one host sync per frame), so the table times what ``run`` executes."""
+    import time
+
+    from mess_edge.run.chain import _upsample_for
+    from mess_edge.run.chain_backends import wire_trt
+
+    segments = [g["name"] for g in engines.by_role("segment")]
+    heads = {g["name"]: g["exit"] for g in engines.by_role("head")}
+    ups = {h: _upsample_for(engines, h) for h in heads}
+    h, w = engines.manifest["input_hw"]
+    image = rng.standard_normal((1, 3, h, w)).astype(np.float32)
+    th = np.array([config.th_pix], np.float32)
+    runners, _ = wire_trt(engines, segments, heads, True, ups)
+    try:
+        order = list(runners.items())
+
+        def frame():
+            for key, r in order:
+                feed = {"image": image} if key == segments[0] else ({"th_pix": th} if key in heads else {})
+                r.enqueue(feed, check_inputs=False)
+            order[-1][1].synchronize()  # one host sync per frame, as when the host reads the last exit
+            return [(ups[key[3:]] if key.startswith("up:") else key, r.gpu_ms()) for key, r in order]
+
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < config.warmup_s:
+            frame()
+        samples, n, t0 = collections.defaultdict(list), 0, time.perf_counter()
+        while n < config.min_iters or time.perf_counter() - t0 < config.min_seconds:
+            for name, ms in frame():
+                samples[name].append(ms)
+            n += 1
+    finally:
+        for r in reversed(list(runners.values())):
+            r.deactivate()
+    return {name: timing.summarize(ms) for name, ms in samples.items()}
 
 
 def _time_in_chain(engines, config, rng, fused):

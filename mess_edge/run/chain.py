@@ -167,7 +167,7 @@ class Chain(object):
                 return self._final(image, done, times, t0, declined)
         labels = self._timed(plan.upsample[taken[1]], times, lambda: self.backend.labels(taken[1]))
         times["total"] = (time.perf_counter() - t0) * 1e3
-        return FrameResult(labels, taken[0], taken[1], taken[2], times)
+        return FrameResult(labels, taken[0], taken[1], taken[2], self._device_times(times))
 
     def run_final_only(self, image):
         """FrameResult of the final-only path (all segments, then final): the baseline."""
@@ -177,7 +177,15 @@ class Chain(object):
         self._segments(image, done, len(self.plan.segments), times)
         labels = self._stage("final", times)
         times["total"] = (time.perf_counter() - t0) * 1e3
-        return FrameResult(labels, "final", "final", None, times, declined)
+        return FrameResult(labels, "final", "final", None, self._device_times(times), declined)
+
+    def _device_times(self, times):
+        """Stage times as the device measured them where the backend can (TensorRT: CUDA events; stages are
+        queued without waiting, so host time around one is meaningless); "total" stays host wall clock."""
+        gpu = getattr(self.backend, "gpu_times", None)
+        if gpu is not None:
+            times.update(gpu())
+        return times
 
     def warm_up(self, image, passes=2):
         """Run every graph of the plan ``passes`` times (first-run allocations, caches); the last pass seeds

@@ -4,6 +4,8 @@ A backend is built from (EngineSet, chain.Plan) and offers activate() / deactiva
 (a segment returns None, a head its image confidence as a float, the final graph its label map int32 [H, W])
 and ``labels(producer)`` (the upsampled label map of an exit head's logits, int32 [H, W]). The image (float32
 [1, 3, H, W]) is passed only to the first segment; every other input is wired to its producer's output.
+TensorRT's backend also offers ``gpu_times()`` (per-stage CUDA-event times of the frame, which Chain reports
+instead of host times) and ``input_buffer()`` (pinned memory the capture pool preprocesses into).
 """
 
 import collections
@@ -129,42 +131,66 @@ class OrtBackend(object):
         return np.array(up["labels"].numpy()[0])
 
 
+def wire_trt(engines, segments, heads=(), final=True, upsample=None, stream=None):
+    """Activated TrtRunners of a chain on one stream, each input reading its producer's device buffer: the one
+    wiring ``run`` (TrtBackend), ``bench`` and ``profile`` execute, so the table times what the chain runs.
+
+    ``segments``: segment graph names in order; ``heads``: {head graph: its exit point index}; ``final``: add the
+    final graph (reads the last segment); ``upsample``: {producer head: upsample graph}, each loaded once per
+    producer and wired to its logits (TensorRT addresses are fixed per context). Host copies back: a head's
+    confidence, the final / upsample labels, nothing for segments. Returns (OrderedDict key -> runner, stream);
+    keys are graph names, "up:<producer>" for upsamples. On failure every runner started is deactivated.
+    """
+    from mess_edge.runtime.trt_runner import cuda_context
+
+    if stream is None:
+        with cuda_context(engines.device_index) as cuda:
+            stream = cuda.Stream()  # non-default: the default stream adds device-wide syncs
+    runners = collections.OrderedDict()
+    try:
+        def add(key, graph, host_outputs):
+            runners[key] = engines.runner(graph, host_outputs=host_outputs, stream=stream).activate()
+
+        for name in segments:
+            add(name, name, ())
+        for name in heads:
+            add(name, name, ("confidence",))
+        if final:
+            add("final", "final", ("labels",))
+        for producer, up in (upsample or {}).items():
+            add("up:" + producer, up, ("labels",))
+        wires = [(s, "feat_in", p, "feat") for p, s in zip(segments, segments[1:])]
+        wires += [(h, "feat", segments[k], "feat") for h, k in heads.items()]
+        wires += [("final", "feat", segments[-1], "feat")] if final else []
+        wires += [("up:" + p, "logits", p, "logits") for p in (upsample or {})]
+        for dst, inp, src, out in wires:
+            runners[dst].use_device_input(inp, runners[src].device_tensor(out))
+    except BaseException:
+        for r in reversed(list(runners.values())):
+            r.deactivate()
+        raise
+    return runners, stream
+
+
 class TrtBackend(object):
-    """TensorRT: one stream; each input reads its producer's device buffer; each upsample engine is loaded
-    once per producer, wired to that producer's logits (TensorRT addresses are fixed per context)."""
+    """TensorRT: one stream, every stage enqueued back to back; the host waits only where it reads (an exit's
+    confidence, the label map of the exit taken or of the final graph). Stage times come from CUDA events around
+    each engine (``gpu_times``), since host time around an enqueue measures nothing."""
 
     def __init__(self, engines, plan):
         self.engines, self.plan, self.runners = engines, plan, collections.OrderedDict()
 
     def activate(self):
-        from mess_edge.runtime.trt_runner import cuda_context
-
         plan = self.plan
-        with cuda_context(0) as cuda:
-            self.stream = cuda.Stream()
-        try:
-            for name in plan.segments:
-                self._add(name, name, ())
-            for x in plan.exits:
-                self._add(x.graph, x.graph, ("confidence",))
-            self._add("final", "final", ("labels",))
-            for producer, up in plan.upsample.items():
-                self._add("up:" + producer, up, ("labels",))
-            wires = [(s, "feat_in", p) for p, s in zip(plan.segments, plan.segments[1:])]
-            wires += [(x.graph, "feat", plan.segments[x.exit]) for x in plan.exits]
-            wires += [("final", "feat", plan.segments[-1])]
-            wires += [("up:" + p, "logits", p) for p in plan.upsample]
-            for dst, inp, src in wires:
-                out = "logits" if dst.startswith("up:") else "feat"
-                self.runners[dst].use_device_input(inp, self.runners[src].device_tensor(out))
-        except BaseException:
-            self.deactivate()
-            raise
+        self.runners, self.stream = wire_trt(self.engines, plan.segments, {x.graph: x.exit for x in plan.exits},
+                                             True, plan.upsample)
         self.th = np.array([plan.th_pix], np.float32)
+        self.ran = []  # stage keys enqueued in the current frame, for gpu_times
+        self.th_fed = set()
 
-    def _add(self, key, graph, host_outputs):
-        r = self.engines.runner(graph, host_outputs=host_outputs, stream=self.stream)
-        self.runners[key] = r.activate()
+    def input_buffer(self):
+        """A pinned host buffer for the image (float32 [1, 3, H, W]) that run() copies to the GPU as it is."""
+        return self.runners[self.plan.segments[0]].pinned_input("image")
 
     def deactivate(self):
         for r in reversed(list(self.runners.values())):
@@ -172,27 +198,38 @@ class TrtBackend(object):
                 r.deactivate()
         self.runners = collections.OrderedDict()
 
-    def _call(self, key, feed):
+    def _enqueue(self, key, feed, wait):
         runner = self.runners[key]
         try:
-            runner.enqueue(feed)
-            runner.synchronize()  # per stage: the stage times are the GPU's, and the confidence is needed now
+            runner.enqueue(feed, check_inputs=False)
+            if wait:
+                runner.synchronize()  # the host reads this stage's output now
         except MessError:
             raise
         except Exception as e:  # pycuda's LogicError / MemoryError ...
             raise _engine_failed(runner.name, e)
+        self.ran.append(key)
         return runner
 
     def run(self, name, image=None):
         if image is not None:
-            self._call(name, {"image": image})
+            self.ran = []  # a new frame starts at the first segment
+            self._enqueue(name, {"image": image}, wait=False)
             return None
         if name in self.plan.segments:
-            self._call(name, {})
+            self._enqueue(name, {}, wait=False)  # queued behind the previous stage: no host sync
             return None
         if name == "final":
-            return np.array(self._call(name, {}).host_output("labels")[0])
-        return float(self._call(name, {"th_pix": self.th}).host_output("confidence")[0])
+            return np.array(self._enqueue(name, {}, wait=True).host_output("labels")[0])
+        # th_pix is constant: copied on a head's first run only, its device buffer keeps it
+        feed = {} if name in self.th_fed else {"th_pix": self.th}
+        self.th_fed.add(name)
+        return float(self._enqueue(name, feed, wait=True).host_output("confidence")[0])
 
     def labels(self, producer):
-        return np.array(self._call("up:" + producer, {}).host_output("labels")[0])
+        return np.array(self._enqueue("up:" + producer, {}, wait=True).host_output("labels")[0])
+
+    def gpu_times(self):
+        """{stage graph name: GPU ms from its CUDA events} of the stages of the current frame."""
+        names = {"up:" + p: up for p, up in self.plan.upsample.items()}
+        return collections.OrderedDict((names.get(k, k), self.runners[k].gpu_ms()) for k in self.ran)

@@ -29,6 +29,8 @@ from mess_edge.run.stats import format_stats
 @click.option("--max-frames", type=int, default=None, help="Stop after N processed frames.")
 @click.option("--deadline-ms", type=float, default=None, help="Anytime instances: deadline per frame.")
 @click.option("--threads", type=int, default=None, help="ONNX Runtime threads [default: physical cores].")
+@click.option("--device", "device_index", type=int, default=0, show_default=True,
+              help="TensorRT: CUDA device index the engines run on.")
 @click.option("--realtime/--no-realtime", default=False, show_default=True,
               help="Files: play at the file's fps, dropping frames like a camera (default: every frame).")
 @click.option("--loop", is_flag=True, help="Files: start again at the end.")
@@ -40,7 +42,7 @@ from mess_edge.run.stats import format_stats
               "instance times: the speedup; 0: off.")
 def run(instance, engine_dir, camera, source, camera_size, camera_fps, camera_fourcc, output, overlay_width, fit,
         display, stats_path, max_frames, deadline_ms, threads, realtime, loop, timeout_s, final_only_every,
-        final_only_frames):
+        final_only_frames, device_index):
     """Run INSTANCE on a camera, a file or a stream: overlaid frames out, statistics at the end. Ctrl-C stops
     it after writing the video and the statistics, with exit status 130."""
     from mess_edge.runtime.ort_runner import configure_ort_threads
@@ -51,6 +53,7 @@ def run(instance, engine_dir, camera, source, camera_size, camera_fps, camera_fo
                     realtime=realtime, loop=loop, timeout_s=timeout_s, final_only_frames=final_only_frames,
                     final_only_every=final_only_every, camera_fps=camera_fps, camera_fourcc=camera_fourcc,
                     camera_size=None if camera_size is None else parse_size(camera_size), fit=fit,
+                    device_index=device_index,
                     overlay_width=overlay_width)
     stats = run_stream(cfg, log=lambda line: click.echo(line, err=True))
     click.echo(format_stats(stats))

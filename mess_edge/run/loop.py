@@ -46,6 +46,7 @@ class RunConfig:
     status_every_s: float = 2.0            # seconds between status lines
     fit: str = "letterbox"                 # how frames go into the network's input: letterbox, crop or stretch
     overlay_width: Optional[int] = None    # draw (show, write) the overlay this many pixels wide [default: the frame's]
+    device_index: int = 0                  # TensorRT: the CUDA device the engines run on
 
 
 def _check(cfg):
@@ -114,7 +115,7 @@ def run_stream(cfg, log=None, on_frame=None, on_output=None):
     _check(cfg)
     _check_outputs(cfg)
     log = log or (lambda line: None)
-    engines = load_engines(cfg.engines)
+    engines = load_engines(cfg.engines, device_index=cfg.device_index)
     chain = Chain(engines, load_instance(cfg.instance), cfg.deadline_ms)  # checks the instance before the camera
     if cfg.deadline_ms is not None and chain.plan.setting != "anytime":
         raise MessError("got --deadline-ms with a {} instance; expected an anytime instance; try mess-edge search "
@@ -189,7 +190,9 @@ def _loop(cfg, chain, source, engines, log, on_frame, on_output):
     from mess_edge.run.capture import END, Capture
     from mess_edge.run.present import Presenter
 
-    pre = Preprocessor(engines.manifest["input_hw"], engines.manifest["normalization"], fit=cfg.fit)
+    # TensorRT: the capture pool's buffers are the runner's pinned memory, copied to the GPU as they are
+    pre = Preprocessor(engines.manifest["input_hw"], engines.manifest["normalization"], fit=cfg.fit,
+                       allocate=getattr(chain.backend, "input_buffer", None))
     drops = source.live or cfg.realtime
     capture = Capture(source, cfg.queue_size or (1 if source.live else 2), newest_wins=drops, pace_fps=(source.fps or 30.0) if (
         cfg.realtime and not source.live) else None, max_frames=None if drops else cfg.max_frames,

@@ -57,14 +57,17 @@ class Preprocessor(object):
     """BGR uint8 [h, w, 3] -> float32 [1, 3, H, W] (fit into the input, BGR->RGB, (x / scale - mean) / std),
     into buffers allocated once: the returned array is ``out`` when given (a buffer of ``new_buffer()``), else
     one of its own that the next call overwrites. ``fit``: see fit_geometry; ``geometry(frame_hw)`` says where a
-    frame of that size went. One instance serves one thread (its scratch buffers are shared)."""
+    frame of that size went. One instance serves one thread (its scratch buffers are shared).
+    ``allocate``: makes the buffers ``new_buffer`` returns (default numpy; TensorRT: the first runner's pinned
+    host memory, so the capture pool preprocesses straight into what is copied to the GPU)."""
 
-    def __init__(self, input_hw, normalization, fit="stretch"):
+    def __init__(self, input_hw, normalization, fit="stretch", allocate=None):
         import cv2
 
         self.hw = tuple(int(v) for v in input_hw)
         self.fit, self.pad = fit, pad_bgr(normalization)
         check_fit(fit)  # here, not on the first frame
+        self.allocate = allocate
         h, w = self.hw
         scale = float(normalization.get("scale", 255.0))
         mean = np.asarray(normalization["mean"], np.float32)
@@ -89,6 +92,10 @@ class Preprocessor(object):
 
     def new_buffer(self):
         """A buffer ``__call__`` can fill: float32 [1, 3, H, W]."""
+        if self.allocate is not None:
+            buf = self.allocate()
+            assert buf.shape == (1, 3) + self.hw and buf.dtype == np.float32 and buf.flags.c_contiguous
+            return buf
         return np.empty((1, 3) + self.hw, np.float32)
 
     @property

@@ -1,9 +1,10 @@
 """TensorRT backend: ``TrtRunner`` (tensorrt + pycuda), the INT8 calibrator, and their shared helpers.
 
-One code path for TensorRT 8.5 (JetPack 5, Python 3.8), 8.6 (JetPack 6.0, GTX 1080 Ti) and 10.x (JetPack
-6.1+): the name-based I/O API and ``execute_async_v3``, which all three have (TENSORRT.md sec. 3.1). Where
-the releases differ the code branches on ``trt_major(trt)``, and tests/test_trt_backend.py checks every
-tensorrt attribute used here against the API lists of those releases (shared/trt_api.json).
+One code path for TensorRT 8.5 (JetPack 5, Python 3.8), 8.6 (JetPack 6.0, GTX 1080 Ti), 10.x (JetPack
+6.1+) and 11.x (desktops: strongly typed builds only): the name-based I/O API and ``execute_async_v3``, which
+all of them have (TENSORRT.md sec. 3.1, 1.4). Where the releases differ the code branches on
+``trt_major(trt)``, and tests/runtime/test_trt_backend.py checks every tensorrt attribute used here against
+the API lists of those releases (tests/fixtures/trt_api.json). A major above NEWEST_MAJOR is refused.
 
 CUDA: pycuda on the device's *primary* context (what pycuda.autoprimaryctx retains), pushed around each
 block of work and popped after, so TensorRT, pycuda and any other runtime-API user share one context and
@@ -24,18 +25,33 @@ DeviceTensor = collections.namedtuple("DeviceTensor", ["name", "shape", "dtype",
 DeviceTensor.__doc__ = """A tensor in GPU memory: ``ptr`` the device address (int), ``nbytes`` its size."""
 
 
+NEWEST_MAJOR = 11  # the newest TensorRT major whose Python API this code is checked against (trt_api.json)
+
+
+def check_trt_version(version):
+    """MessError unless ``version`` ("8.5.2.2", "11.4.0") is a TensorRT release this code supports."""
+    try:
+        major, minor = (int(v) for v in str(version).split(".")[:2])
+    except ValueError:
+        raise MessError("got TensorRT version {!r}; expected MAJOR.MINOR...; try reinstalling TensorRT".format(version))
+    if (major, minor) < (8, 5):
+        raise MessError("got TensorRT {}; expected >= 8.5 (the name-based I/O API); try JetPack 5 or newer, "
+                        "or --backend ort".format(version))
+    if major > NEWEST_MAJOR:
+        raise MessError("got TensorRT {}; expected 8.5 to {}.x, the releases whose API this code is checked "
+                        "against; try `pip install 'tensorrt<{}'` on a desktop, or --backend ort".format(
+                            version, NEWEST_MAJOR, NEWEST_MAJOR + 1))
+
+
 def import_trt():
-    """The tensorrt module, or a MessError saying how to get it; refuses releases before 8.5."""
+    """The tensorrt module, or a MessError saying how to get it; refuses releases before 8.5 and after 11.x."""
     try:
         import tensorrt as trt
     except ImportError:
         raise MessError("got --backend trt but the tensorrt Python package is not importable; expected "
                         "TensorRT >= 8.5 (JetPack: apt python3-libnvinfer, and a venv made with "
                         "--system-site-packages); try --backend ort")
-    major, minor = (int(v) for v in trt.__version__.split(".")[:2])
-    if (major, minor) < (8, 5):
-        raise MessError("got TensorRT {}; expected >= 8.5 (the name-based I/O API); try JetPack 5 or newer, "
-                        "or --backend ort".format(trt.__version__))
+    check_trt_version(trt.__version__)
     return trt
 
 
@@ -104,7 +120,10 @@ class TrtRunner(Runner):
 
     Device buffers are allocated once on activation. ``use_device_input(name, other.device_tensor(out))``
     makes an input read another runner's output buffer, so features never visit the host; such inputs
-    drop out of the feed. Runners wired so must share a stream (or be synchronised between runs).
+    drop out of the feed. Runners wired so must share a stream (or be synchronised between runs). Every
+    unwired input must be in the first ``enqueue``'s feed (later ones may omit it: its device buffer keeps the
+    last value); an input fed from ``pinned_input(name)``'s buffer is copied to the GPU from it directly.
+    Each ``enqueue`` records CUDA events around the engine: ``gpu_ms()`` reads that time once the stream passed it.
     """
 
     def __init__(self, plan, name=None, device_index=0, dla_core=None, host_outputs=None, stream=None):
@@ -114,8 +133,9 @@ class TrtRunner(Runner):
         self.plan, self.device_index, self.dla_core = plan, device_index, dla_core
         self.host_outputs, self.stream = host_outputs, stream
         self._own_stream = stream is None
-        self._own, self._host, self._tensors = {}, {}, {}
+        self._own, self._host, self._tensors, self._pinned = {}, {}, {}, {}
         self._context = self._engine = self._runtime = self._events = None
+        self._fed = set()
 
     def _activate(self):
         try:
@@ -191,21 +211,66 @@ class TrtRunner(Runner):
         self._tensors[name] = source
         self._wired.add(name)
 
+    def pinned_input(self, name):
+        """A new page-locked host array for input ``name`` (its shape and dtype): fill it (the capture pool's
+        Preprocessor writes into it) and pass it in the feed; it is copied to the GPU without a host copy. It
+        stays valid while this runner is active; refill it only after the stream passed the copy (a host
+        sync, e.g. reading an exit's confidence)."""
+        self._require_active("pinned_input()")
+        meta = self._inputs.get(name)
+        if meta is None or name in self._wired:
+            raise MessError("runner '{}' has no host-fed input '{}'; expected one of {}".format(
+                self.name, name, self._feed_names()))
+        with cuda_context(self.device_index) as cuda:
+            buf = cuda.pagelocked_empty(meta.shape, meta.dtype)
+        self._pinned[buf.__array_interface__["data"][0]] = buf
+        return buf
+
+    def _source(self, name, value):
+        """The pinned host array the copy of input ``name`` reads: ``value`` itself when it is one of
+        pinned_input's buffers, else the runner's own buffer after one host copy."""
+        ptr = getattr(value, "__array_interface__", {}).get("data", (None,))[0]
+        own = self._pinned.get(ptr)
+        if own is not None and value.shape == own.shape and value.dtype == own.dtype:
+            return value
+        np.copyto(self._host[name], value, casting="no")
+        return self._host[name]
+
     def enqueue(self, feed=None, host_outputs=None, check_inputs=True):
-        """Queue host->device copies of ``feed``, the engine, and device->host copies of ``host_outputs``
-        (default: this runner's host outputs) on the stream; returns without waiting."""
+        """Queue host->device copies of ``feed``, the engine between two CUDA events, and device->host copies
+        of ``host_outputs`` (default: this runner's host outputs) on the stream; returns without waiting.
+
+        Every unwired input must have been fed once: the first enqueue without one is refused (uninitialised
+        device memory would run silently)."""
         self._require_active("enqueue()")
         feed = {} if feed is None else feed
         if check_inputs:
             self.check_feed(feed, required=[n for n in self._feed_names() if n in feed] if feed else [])
+        if len(self._fed) < len(self._feed_names()):
+            missing = [n for n in self._feed_names() if n not in feed and n not in self._fed]
+            if missing:
+                raise MessError("runner '{}' got no value for input(s) {} on its first run; expected every input "
+                                "that is not wired to another engine in the feed; try feeding {}".format(
+                                    self.name, missing, missing))
+            self._fed.update(n for n in feed if n in self._inputs)
         with cuda_context(self.device_index) as cuda:
+            if self._events is None:
+                self._events = (cuda.Event(), cuda.Event())
             for name, value in feed.items():
-                np.copyto(self._host[name], value, casting="no")  # into pinned memory: async copy
-                cuda.memcpy_htod_async(self._tensors[name].ptr, self._host[name], self.stream)
+                cuda.memcpy_htod_async(self._tensors[name].ptr, self._source(name, value), self.stream)
+            self._events[0].record(self.stream)
             if not self._context.execute_async_v3(self.stream.handle):
                 raise MessError("TensorRT failed to run {}; see the TensorRT log above".format(self.name))
+            self._events[1].record(self.stream)
             for name in (self._copy_back if host_outputs is None else host_outputs):
                 cuda.memcpy_dtoh_async(self._host[name], self._tensors[name].ptr, self.stream)
+
+    def gpu_ms(self):
+        """GPU time (ms, CUDA events) of the engine in the last enqueue; waits for that event only."""
+        self._require_active("gpu_ms()")
+        with cuda_context(self.device_index):
+            self._events[1].synchronize()
+            return self._events[1].time_since(self._events[0])
 
     def synchronize(self):
         """Wait for everything queued on this runner's stream."""
@@ -215,17 +280,8 @@ class TrtRunner(Runner):
     def time_gpu_ms(self):
         """Run the engine once on its current device buffers (no host copies) between two CUDA events on
         the stream; wait, and return the GPU time in ms (trtexec's "GPU Compute Time")."""
-        self._require_active("time_gpu_ms()")
-        with cuda_context(self.device_index) as cuda:
-            if self._events is None:
-                self._events = (cuda.Event(), cuda.Event())
-            start, end = self._events
-            start.record(self.stream)
-            if not self._context.execute_async_v3(self.stream.handle):
-                raise MessError("TensorRT failed to run {}; see the TensorRT log above".format(self.name))
-            end.record(self.stream)
-            end.synchronize()
-            return end.time_since(start)
+        self.enqueue(host_outputs=(), check_inputs=False)
+        return self.gpu_ms()
 
     def host_output(self, name):
         """The pinned host buffer of output ``name`` (valid after synchronize; overwritten by the next run)."""
@@ -240,11 +296,12 @@ class TrtRunner(Runner):
         with cuda_context(self.device_index):
             for alloc in self._own.values():
                 alloc.free()
-            for arr in self._host.values():
+            for arr in list(self._host.values()) + list(self._pinned.values()):
                 free = getattr(arr.base, "free", None)
                 if free is not None:
                     free()
-            self._own, self._host, self._tensors, self._events = {}, {}, {}, None
+            self._own, self._host, self._tensors, self._events, self._pinned = {}, {}, {}, None, {}
+            self._fed = set()
             # the context before the engine, the engine before the runtime
             self._context = None
             self._engine = None
@@ -254,42 +311,51 @@ class TrtRunner(Runner):
 
 
 def make_entropy_calibrator(trt, feeds, cache_path):
-    """A trt.IInt8EntropyCalibrator2 over ``feeds`` (a list of {input name: array of batch 1}).
+    """A trt.IInt8EntropyCalibrator2 over ``feeds`` (an iterable of {input name: array of batch 1}, read lazily:
+    runtime/calib_data.py computes each image's features only when TensorRT asks for that batch).
 
-    The calibration cache is read from / written to ``cache_path``, so a rebuild skips calibration.
-    Call inside ``cuda_context``: batches are copied to device buffers allocated on the first batch.
+    The calibration cache is read from / written to ``cache_path``, so a rebuild skips calibration (and, the
+    feeds being lazy, the feature pass). Only 8.x / 10.x have the implicit calibrator; 11.x builds strongly
+    typed graphs (Q/DQ from ``mess-edge quantize``). Call inside ``cuda_context``: batches are copied to device
+    buffers allocated on the first batch.
     """
     cuda = import_cuda()
+    if trt_major(trt) >= 11:
+        raise MessError("got an implicit INT8 calibration on TensorRT {}; expected Q/DQ graphs (11.x has no "
+                        "IInt8EntropyCalibrator2); try mess-edge quantize ONNX_DIR --precision int8 --calib-data "
+                        "DATA --out Q_DIR".format(trt.__version__))
+    else:
+        class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
+            def __init__(self):
+                trt.IInt8EntropyCalibrator2.__init__(self)  # the binding needs the base __init__ called
+                self.feeds, self.batches, self.buffers = feeds, None, {}
 
-    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self):
-            trt.IInt8EntropyCalibrator2.__init__(self)  # the binding needs the base __init__ called
-            self.feeds, self.index, self.buffers = feeds, 0, {}
+            def get_batch_size(self):
+                return 1
 
-        def get_batch_size(self):
-            return 1
+            def get_batch(self, names):
+                if self.batches is None:
+                    self.batches = iter(self.feeds)
+                feed = next(self.batches, None)
+                if feed is None:
+                    return None  # calibration set exhausted
+                pointers = []
+                for name in names:
+                    host = np.ascontiguousarray(feed[name])
+                    if name not in self.buffers:
+                        self.buffers[name] = cuda.mem_alloc(host.nbytes)
+                    cuda.memcpy_htod(self.buffers[name], host)
+                    pointers.append(int(self.buffers[name]))
+                return pointers
 
-        def get_batch(self, names):
-            if self.index >= len(self.feeds):
-                return None  # calibration set exhausted
-            feed = self.feeds[self.index]
-            self.index += 1
-            pointers = []
-            for name in names:
-                host = np.ascontiguousarray(feed[name])
-                if name not in self.buffers:
-                    self.buffers[name] = cuda.mem_alloc(host.nbytes)
-                cuda.memcpy_htod(self.buffers[name], host)
-                pointers.append(int(self.buffers[name]))
-            return pointers
+            def read_calibration_cache(self):
+                if os.path.isfile(cache_path):
+                    with open(cache_path, "rb") as f:
+                        return f.read()
+                return None
 
-        def read_calibration_cache(self):
-            if os.path.isfile(cache_path):
-                with open(cache_path, "rb") as f:
-                    return f.read()
-            return None
+            def write_calibration_cache(self, cache):
+                write_bytes_atomic(cache_path, memoryview(cache).tobytes())
 
-        def write_calibration_cache(self, cache):
-            write_bytes_atomic(cache_path, memoryview(cache).tobytes())
-
-    return EntropyCalibrator()
+        calibrator = EntropyCalibrator()
+    return calibrator

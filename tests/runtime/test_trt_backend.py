@@ -1,5 +1,6 @@
 """TensorRT backend. Without a GPU: every tensorrt attribute the code uses is checked against the API of
-TensorRT 8.5, 8.6 and 10.3 (tests/fixtures/trt_api.json, read from the pybind11 sources of those releases),
+TensorRT 8.5, 8.6, 10.3 and 11.4 (tests/fixtures/trt_api.json: 8.5 read from the pybind11 sources, 8.6.1,
+10.3.0 and 11.4.0 from NVIDIA's bindings wheels; a copy of ../shared/trt_api.json),
 and the modules are checked to be valid Python 3.8. With TensorRT + pycuda + a GPU (marked gpu): build
 the fixture's graphs and compare the engines with onnxruntime.
 
@@ -13,7 +14,7 @@ How the AST check works
 * Every attribute read or written on ``trt.X``, ``trt.X.Y`` or a typed expression must be in that class's
   "all" list, unless it sits in a version-guarded branch: an ``if`` (or ``x if ... else y``) whose test
   is ``trt_major(trt) <op> <int>``. Inside it the attribute must exist in every release for which the
-  test is true (the else branch: false); releases are 8.5, 8.6, 10.3. Guards nest.
+  test is true (the else branch: false); releases are 8.5, 8.6, 10.3, 11.4. Guards nest.
 * Methods defined on a subclass of a trt class (the INT8 calibrator) must exist on that class.
 """
 
@@ -26,7 +27,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 API = json.load(open(os.path.join(ROOT, "tests", "fixtures", "trt_api.json")))
-RELEASES = {"release/8.5": 8, "release/8.6": 8, "release/10.3": 10}  # release -> major version
+RELEASES = {"release/8.5": 8, "release/8.6": 8, "release/10.3": 10, "release/11.4": 11}  # -> major version
+RELEASES_BEFORE_11 = {r: m for r, m in RELEASES.items() if m < 11}  # what the fixture held before 11.4
 FILES = ["mess_edge/runtime/trt_runner.py", "mess_edge/build/builder.py"]
 
 RETURNS = {("Builder", "create_network"): "INetworkDefinition",
@@ -57,7 +59,7 @@ def allowed(cls, releases):
     return names
 
 
-def _guard(test):
+def _guard(test, known=RELEASES):
     """Releases for which an ``if`` test ``trt_major(trt) <op> N`` is true, or None if not a guard."""
     if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.left, ast.Call)
             and getattr(test.left.func, "id", None) == "trt_major"
@@ -66,7 +68,7 @@ def _guard(test):
     n, op = test.comparators[0].value, type(test.ops[0])
     ops = {ast.GtE: lambda m: m >= n, ast.Gt: lambda m: m > n, ast.Lt: lambda m: m < n,
            ast.LtE: lambda m: m <= n, ast.Eq: lambda m: m == n, ast.NotEq: lambda m: m != n}
-    return {r for r, major in RELEASES.items() if ops[op](major)}
+    return {r for r, major in known.items() if ops[op](major)}
 
 
 def _key(node):
@@ -82,8 +84,8 @@ def _key(node):
 class Checker(object):
     """Collects (line, class, attribute, releases) of every tensorrt attribute use in a module."""
 
-    def __init__(self, tree):
-        self.tree, self.types, self.uses, self.aliases = tree, {}, [], set()
+    def __init__(self, tree, known=RELEASES):
+        self.tree, self.types, self.uses, self.aliases, self.known = tree, {}, [], set(), known
         for node in ast.walk(tree):  # pass 1: aliases, parameter types, assigned types (to a fixpoint)
             if isinstance(node, ast.Import):
                 self.aliases |= {a.asname or a.name for a in node.names if a.name == "tensorrt"}
@@ -97,7 +99,7 @@ class Checker(object):
                         self.types[k] = t
                     if isinstance(node.value, ast.Call) and getattr(node.value.func, "id", None) == "import_trt":
                         self.aliases.add(k)
-        self.visit(tree, set(RELEASES))
+        self.visit(tree, set(known))
 
     def type_of(self, node):
         if isinstance(node, ast.Call):
@@ -112,7 +114,7 @@ class Checker(object):
 
     def visit(self, node, releases):
         if isinstance(node, (ast.If, ast.IfExp)):
-            guarded = _guard(node.test)
+            guarded = _guard(node.test, self.known)
             if guarded is not None:
                 self.visit(node.test, releases)
                 body = node.body if isinstance(node.body, list) else [node.body]
@@ -148,17 +150,20 @@ class Checker(object):
             if (cls, attr) in EXTRA or ("*", attr) in EXTRA:
                 continue
             if cls == "<module>" and attr in API and API[attr].get("all") == []:
-                present = (set(API[attr]) - {"all"}) or set(RELEASES)  # no release keys: a class everywhere
+                # no release keys: a class everywhere
+                present = ((set(API[attr]) - {"all"}) & set(self.known)) or set(self.known)
                 if not releases <= present:
                     bad.append("line {}: trt.{} (class only in {})".format(line, attr, sorted(present)))
                 continue
-            if attr not in allowed(cls, releases):
+            if not releases:
+                bad.append("line {}: {}.{} (in a branch no known release takes)".format(line, cls, attr))
+            elif attr not in allowed(cls, releases):
                 bad.append("line {}: {}.{} (not in {})".format(line, cls, attr, sorted(releases)))
         return bad
 
 
-def _check(source):
-    return Checker(ast.parse(source))
+def _check(source, known=RELEASES):
+    return Checker(ast.parse(source), known)
 
 
 @pytest.mark.parametrize("path", FILES)
@@ -209,10 +214,12 @@ def test_the_check_catches_release_specific_names():
                   "    x = trt.DataType.INT64 if trt_major(trt) >= 10 else trt.DataType.INT32\n")
     assert good.violations() == [] and len(good.uses) == 5
     new_class = _check("def f(trt):\n    s = trt.ExecutionContextAllocationStrategy\n"
-                       "    if trt_major(trt) >= 10:\n        s = trt.ExecutionContextAllocationStrategy\n")
+                       "    if trt_major(trt) >= 10:\n        s = trt.ExecutionContextAllocationStrategy\n",
+                       RELEASES_BEFORE_11)
     assert new_class.violations() == ["line 2: trt.ExecutionContextAllocationStrategy (class only in "
                                       "['release/10.3'])"]
-    wrong_guard = _check("def f(trt):\n    if trt_major(trt) >= 8:\n        t = trt.DataType.INT64\n")
+    wrong_guard = _check("def f(trt):\n    if trt_major(trt) >= 8:\n        t = trt.DataType.INT64\n",
+                         RELEASES_BEFORE_11)
     assert wrong_guard.violations() == ["line 3: DataType.INT64 (not in ['release/10.3', 'release/8.5', "
                                         "'release/8.6'])"]
 
@@ -361,3 +368,57 @@ def test_trt_sidecar_refusal(trt_engines, tmp_path):
     json.dump(side, open(os.path.join(eng, "engine.json"), "w"))
     with pytest.raises(MessError, match="built with tensorrt 8.0.1; .*rebuild here: mess-edge build"):
         load_engines(eng)
+
+
+@pytest.mark.gpu
+def test_trt_builds_graph_precision_folders(trt_engines, tmp_path):
+    """Q/DQ INT8 and FP16 folders from mess-edge quantize build as explicit precision (8.x flags, 10+/11 strongly
+    typed) and agree with onnxruntime running the same graphs on most label pixels."""
+    import numpy as np
+    import cv2
+    from mess_edge.build.builder import build_engines
+    from mess_edge.build.engine_set import load_engines
+    from mess_edge.quantize.quantizer import quantize_folder
+    onnx_dir = trt_engines[0]
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        cv2.imwrite(str(calib / "{}.png".format(i)), rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    for p in ("int8", "fp16"):
+        q = str(tmp_path / ("onnx-" + p))
+        quantize_folder(onnx_dir, p, q, str(calib) if p == "int8" else None)
+        engines = load_engines(build_engines(q, "trt", out_dir=str(tmp_path / ("e-" + p))))
+        assert engines.precision == p
+        x = rng.standard_normal((1, 3, 32, 32)).astype(np.float32)
+        with engines.runner("monolithic") as r:
+            got = r.infer({"image": x})["labels"]
+        want = _reference(q, "monolithic", {"image": x})["labels"]
+        assert np.mean(got == want) > 0.9, p
+
+
+@pytest.mark.gpu
+def test_trt_chain_syncs_only_where_the_host_reads(trt_engines, tmp_path):
+    """The TensorRT chain (one stream, no per-segment sync, pinned image buffer) gives the reference chain's
+    outputs, reports CUDA-event stage times, and refuses a first run with an unwired input missing."""
+    import numpy as np
+    from _fixtures import write_split_instance
+    from mess_edge.build.engine_set import load_engines
+    from mess_edge.errors import MessError
+    from mess_edge.run.chain import Chain, ReferenceChain, load_instance
+    engines = load_engines(trt_engines[1])
+    rng = np.random.default_rng(2)
+    frames = [rng.standard_normal((1, 3, 32, 32)).astype(np.float32) for _ in range(6)]
+    path = str(tmp_path / "inst.json")
+    write_split_instance(engines, frames, path)
+    inst = load_instance(path)
+    with ReferenceChain(engines, inst) as ref, Chain(engines, inst) as chain:
+        buf = chain.backend.input_buffer()
+        for x in frames:
+            np.copyto(buf, x)
+            got, want = chain.run(buf), ref.run(x)
+            assert got.exit == want.exit and np.mean(got.labels == want.labels) > 0.99
+            assert set(chain.backend.gpu_times()) <= set(got.times) and all(v >= 0 for v in got.times.values())
+    with engines.runner("head_e0_c1b1r0h0") as head:
+        with pytest.raises(MessError, match=r"got no value for input\(s\) \['feat', 'th_pix'\] on its first run"):
+            head.enqueue({})

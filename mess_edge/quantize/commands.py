@@ -1,0 +1,27 @@
+"""``mess-edge quantize``: parse options, call ``quantize_folder`` (quantizer.py). Only click at import."""
+
+import click
+
+
+@click.command()
+@click.argument("onnx_dir", type=click.Path())
+@click.option("--precision", type=click.Choice(["int8", "fp16"]), required=True,
+              help="int8: Q/DQ graphs (explicit quantization); fp16: FP16 graphs with fp32 inputs and outputs.")
+@click.option("--calib-data", type=click.Path(), default=None,
+              help="int8: the calibration split (a VOC dataset folder: its cal split) or a folder of images.")
+@click.option("--calib-images", type=int, default=64, show_default=True, help="int8: images used (first N).")
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax",
+              show_default=True, help="int8: how activation ranges are fitted.")
+@click.option("--activations", type=click.Choice(["int8", "uint8"]), default="int8", show_default=True,
+              help="int8: activation type. int8 (symmetric) builds on TensorRT and runs on ORT; uint8 (asymmetric) "
+              "is ORT CPU's fast path, refused by TensorRT.")
+@click.option("--calib-resize", is_flag=True,
+              help="int8: accept images of another size than the graphs' input (resized like camera frames).")
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="The new ONNX folder.")
+def quantize(onnx_dir, precision, calib_data, calib_images, calib_method, activations, calib_resize, out_dir):
+    """Write ONNX_DIR's graphs at INT8 (Q/DQ) or FP16 into a new ONNX folder that build/profile/run read."""
+    from mess_edge.quantize.quantizer import quantize_folder
+
+    m = quantize_folder(onnx_dir, precision, out_dir, calib_data, calib_images, calib_method, calib_resize,
+                        log=click.echo, activations=activations)
+    click.echo("wrote {} graphs at {} and manifest.json to {}".format(len(m["graphs"]), precision, out_dir))

@@ -1,0 +1,223 @@
+"""Precision in the graph: an fp32 ONNX folder (``mess-edge export``) -> an INT8 (Q/DQ) or FP16 ONNX folder.
+
+Library: ONNX Runtime's own tools, not NVIDIA ModelOpt. ``onnxruntime.quantization.quantize_static`` writes
+explicit-quantization graphs (QuantizeLinear / DequantizeLinear pairs, QDQ format) that ONNX Runtime's CPU
+provider runs with INT8 kernels here and TensorRT 8.5 to 11 builds as explicit precision; FP16 graphs come from
+``onnxruntime.transformers.float16.convert_float_to_float16(keep_io_types=True)``. Both ship inside the
+``onnxruntime`` wheel the device side already needs (also on a Jetson's Python 3.8), run on a CPU, and add
+no install; ``nvidia-modelopt`` pulls torch and CUDA-only parts for its ONNX PTQ, which a device without the
+training stack cannot take, and gives nothing a 6-graph CNN chain needs beyond what ORT's quantizer does.
+
+The Q/DQ settings follow what TensorRT's explicit quantization accepts: symmetric INT8 for activations and
+weights (zero point 0; TensorRT has no asymmetric INT8), per-channel weights, float biases (TensorRT 8.5's
+DequantizeLinear takes INT8 only; QuantizeBias off). ``activations="uint8"`` instead writes asymmetric UINT8
+activations (INT8 weights): ONNX Runtime's x86 CPU kernels are built for that u8s8 pairing and run it much
+faster than s8s8 (benchmarks/precision.py), but TensorRT refuses such graphs, so it is for CPU targets only. Calibration: min/max of the activations over the
+calibration split, each image read through the runtime's preprocessing (runtime/calib_data.py), and each
+graph fed the real outputs of the already QUANTIZED segments before it, so segment k is calibrated on what the
+deployed INT8 chain hands it, errors of earlier segments included.
+
+What stays fp32 (both precisions): in every head the confidence gate, i.e. every node downstream of the
+``logits`` output (softmax-free top-1, pools, threshold, votes: the exit decision must compare the same numbers
+the memo saw), and in the final / monolithic graphs the label-map path after the last convolution (Resize,
+ArgMax, Cast); upsample graphs (no weights) are copied unchanged. The logits themselves come from a quantized
+convolution: that is the accuracy the device has, and what ``calibrate --engines`` measures.
+"""
+
+import os
+import shutil
+import tempfile
+
+from mess_edge.artifacts import check_output_folder, replace_folder, sha256_file, write_json_atomic
+from mess_edge.errors import MessError
+
+GRAPH_PRECISIONS = ("int8", "fp16")
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+
+
+def manifest_precision(manifest):
+    """The precision the graphs of a manifest were made at: "fp32" (export) unless quantize recorded one."""
+    return manifest.get("precision", "fp32")
+
+
+def _named(model):
+    """Give every unnamed node a unique name (nodes_to_exclude / node_block_list select nodes by name)."""
+    seen = set()
+    for i, node in enumerate(model.graph.node):
+        if not node.name or node.name in seen:
+            node.name = "{}_{}_{}".format(node.op_type, i, "mess")
+        seen.add(node.name)
+    return model
+
+
+def fp32_nodes(model, role):
+    """Names of the nodes kept in fp32: a head's gate (downstream of ``logits``), the label-map path of final /
+    monolithic graphs (from the last weighted op's output to ``labels``). Other roles: none."""
+    nodes = list(model.graph.node)
+    if role == "head":
+        reached, keep = {"logits"}, []
+        for node in nodes:  # ONNX node lists are topologically sorted
+            if any(i in reached for i in node.input):
+                keep.append(node.name)
+                reached.update(node.output)
+        return keep
+    if role in ("final", "monolithic"):
+        last = max((k for k, n in enumerate(nodes) if n.op_type in WEIGHTED_OPS), default=-1)
+        return [n.name for n in nodes[last + 1:]]
+    return []
+
+
+class _Reader(object):
+    """onnxruntime.quantization.CalibrationDataReader over a lazy feed iterable (one image at a time)."""
+
+    def __init__(self, feeds):
+        self.feeds, self.it = feeds, None
+
+    def get_next(self):
+        if self.it is None:
+            self.it = iter(self.feeds)
+        return next(self.it, None)
+
+    def rewind(self):
+        self.it = None
+
+
+def _quantize_int8(src, dst, role, feeds, method, activations="int8"):
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, \
+        quantize_static
+
+    model = _named(onnx.load(src))
+    keep = fp32_nodes(model, role)
+    reader = type("FeedReader", (_Reader, CalibrationDataReader), {})(feeds)
+    import logging
+
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer's "consider pre-processing" notice, twice per graph
+    try:
+        _run_quantize_static(
+            quantize_static, model, dst, reader, quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QInt8 if activations == "int8" else QuantType.QUInt8,
+            weight_type=QuantType.QInt8, nodes_to_exclude=keep, calibrate_method=methods[method],
+            # MinMax keeps per-image ReduceMin / ReduceMax scalars, not activations: memory stays small
+            extra_options={"ActivationSymmetric": activations == "int8", "WeightSymmetric": True,
+                           "QuantizeBias": False})
+    finally:
+        root.setLevel(level)
+    return keep
+
+
+def _run_quantize_static(fn, *args, **kwargs):
+    try:
+        fn(*args, **kwargs)
+    except MessError:
+        raise
+    except Exception as e:  # onnxruntime's own error types, onnx's ValidationError
+        raise MessError("onnxruntime.quantization could not quantize {} ({}: {}); expected an fp32 graph of "
+                        "mess-edge export; try re-exporting".format(args[1], type(e).__name__,
+                                                                  (str(e).strip().splitlines() or [""])[0][:200]))
+
+
+def _convert_fp16(src, dst, role):
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = _named(onnx.load(src))
+    keep = fp32_nodes(model, role)
+    half = convert_float_to_float16(model, keep_io_types=True, node_block_list=keep)
+    onnx.save(half, dst)
+    return keep
+
+
+def _versions():
+    import onnx
+    import onnxruntime
+
+    return {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__}
+
+
+ACTIVATIONS = ("int8", "uint8")
+
+
+def quantize_folder(onnx_dir, precision, out_dir, calib_dir=None, max_images=64, calib_method="minmax",
+                    allow_resize=False, log=None, activations="int8"):
+    """Write ``out_dir``: every graph of the fp32 folder ``onnx_dir`` at ``precision`` ("int8" Q/DQ or "fp16"),
+    a manifest.json that build / profile / search / run read unchanged, recording precision, quantizer and
+    calibration set (path, sha256 of names + bytes, image count, preprocessing). Replaced atomically.
+    Returns the new manifest dict. ``log``: callable taking one progress line. ``activations``: "int8"
+    (symmetric, TensorRT and ORT) or "uint8" (asymmetric, ORT CPU only: its fastest kernels).
+    """
+    import time
+
+    from mess_edge.build.builder import check_graph_files, read_manifest
+    from mess_edge.runtime.calib_data import CalibrationSet, graph_feeds, ort_graph_runner
+
+    log = log or (lambda line: None)
+    if precision not in GRAPH_PRECISIONS:
+        raise MessError("got --precision {!r}; expected one of {}".format(precision, ", ".join(GRAPH_PRECISIONS)))
+    if activations not in ACTIVATIONS:
+        raise MessError("got --activations {!r}; expected one of {}".format(activations, ", ".join(ACTIVATIONS)))
+    if calib_method not in CALIB_METHODS:
+        raise MessError("got --calib-method {!r}; expected one of {}".format(calib_method, ", ".join(CALIB_METHODS)))
+    manifest, manifest_sha = read_manifest(onnx_dir)
+    made_at = manifest_precision(manifest)
+    if made_at != "fp32":
+        raise MessError("got {} with graphs already at {} (manifest.json precision); expected the fp32 graphs of "
+                        "mess-edge export; try mess-edge quantize EXPORT_DIR --precision {} ...".format(
+                            onnx_dir, made_at, precision))
+    if os.path.abspath(out_dir) == os.path.abspath(onnx_dir):
+        raise MessError("got --out {} equal to the input folder; expected a new folder (the fp32 graphs stay); "
+                        "try --out {}-{}".format(out_dir, onnx_dir.rstrip("/"), precision))
+    check_graph_files(onnx_dir, manifest)
+    check_output_folder(out_dir)
+    calib = None
+    if precision == "int8":
+        if not calib_dir:
+            raise MessError("got --precision int8 without --calib-data; expected the calibration split (a VOC "
+                            "dataset folder or a folder of images); try --calib-data DATA")
+        calib = CalibrationSet(calib_dir, manifest, max_images, allow_resize)
+        calib.image(0)  # a wrong folder fails here, in one line, before minutes of work
+    parent = os.path.dirname(os.path.abspath(out_dir)) or "."
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".quantize-", dir=parent)
+    try:
+        done = {}  # graph name -> its file in tmp (the quantized segments feed the later graphs' calibration)
+        run = ort_graph_runner(lambda name: done[name])
+        order = sorted(manifest["graphs"], key=lambda g: (g["role"] != "segment", g.get("index", 0)))
+        entries = {}
+        for i, g in enumerate(order):
+            t0 = time.perf_counter()
+            src, dst = os.path.join(onnx_dir, g["file"]), os.path.join(tmp, g["file"])
+            if g["role"] == "upsample":
+                shutil.copyfile(src, dst)
+                got, keep = "fp32", []
+            elif precision == "int8":
+                keep = _quantize_int8(src, dst, g["role"], graph_feeds(manifest, g, calib, run), calib_method,
+                                      activations)
+                got = "int8"
+            else:
+                keep, got = _convert_fp16(src, dst, g["role"]), "fp16"
+            done[g["name"]] = dst
+            entries[g["name"]] = dict(g, sha256=sha256_file(dst), precision=got, fp32_nodes=len(keep),
+                                      fp32_sha256=g["sha256"])
+            log("[{:>3}/{}] {:<24} {:<5} ({} nodes kept fp32)  {:.1f} s".format(
+                i + 1, len(order), g["name"], got, len(keep), time.perf_counter() - t0))
+        out = dict(manifest, graphs=[entries[g["name"]] for g in manifest["graphs"]], precision=precision,
+                   source_onnx_dir=os.path.abspath(onnx_dir), source_manifest_sha256=manifest_sha,
+                   quantizer=dict(_versions(), tool="onnxruntime.quantization.quantize_static (QDQ)" if
+                                  precision == "int8" else "onnxruntime.transformers.float16 (keep_io_types)"),
+                   calibration=None)
+        if calib is not None:
+            out["calibration"] = dict(calib.identity(), method=calib_method, per_channel=True,
+                                      symmetric=activations == "int8", activations=activations,
+                                      inputs_from="quantized segments")
+        write_json_atomic(os.path.join(tmp, "manifest.json"), out)
+        replace_folder(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

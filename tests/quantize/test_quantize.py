@@ -1,0 +1,160 @@
+"""mess-edge quantize: INT8 (Q/DQ) and FP16 folders built, profiled and chained by real onnxruntime, their labels
+against the FP32 chain's, the manifest's records, and the one-line errors for what does not fit."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from _fixtures import make_onnx_dir
+from mess_edge.build.builder import build_engines
+from mess_edge.build.engine_set import load_engines
+from mess_edge.errors import MessError
+from mess_edge.profile.latency_table import ProfileConfig, profile_engines
+from mess_edge.quantize.quantizer import quantize_folder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FAST = ProfileConfig(min_iters=5, min_seconds=0.005, warmup_s=0.0)
+
+
+def _smooth_images(rng, n, hw):
+    """uint8 BGR [h, w, 3] images with structure (blurred noise), closer to photos than white noise."""
+    import cv2
+
+    out = []
+    for _ in range(n):
+        x = rng.integers(0, 256, (hw[0] // 4, hw[1] // 4, 3)).astype(np.uint8)
+        out.append(cv2.resize(x, (hw[1], hw[0]), interpolation=cv2.INTER_LINEAR))
+    return out
+
+
+def _write_images(folder, images):
+    import cv2
+
+    os.makedirs(folder, exist_ok=True)
+    for i, im in enumerate(images):
+        cv2.imwrite(os.path.join(folder, "{:03d}.png".format(i)), im)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    base = tmp_path_factory.mktemp("quantize")
+    fp32 = str(base / "onnx")
+    make_onnx_dir(fp32)
+    rng = np.random.default_rng(0)
+    calib = _write_images(str(base / "calib"), _smooth_images(rng, 16, (32, 32)))
+    int8 = str(base / "onnx-int8")
+    fp16 = str(base / "onnx-fp16")
+    quantize_folder(fp32, "int8", int8, calib)
+    quantize_folder(fp32, "fp16", fp16)
+    engines = {p: build_engines(d, "ort", out_dir=str(base / ("engines-" + p)))
+               for p, d in (("fp32", fp32), ("int8", int8), ("fp16", fp16))}
+    return {"fp32": fp32, "int8": int8, "fp16": fp16, "calib": calib, "engines": engines, "base": base,
+            "test": _smooth_images(np.random.default_rng(1), 8, (32, 32))}
+
+
+def test_manifest_records_precision_and_calibration(folders):
+    m = json.load(open(os.path.join(folders["int8"], "manifest.json")))
+    src = json.load(open(os.path.join(folders["fp32"], "manifest.json")))
+    assert m["precision"] == "int8" and m["format"] == src["format"]
+    cal = m["calibration"]
+    assert cal["n_images"] == 16 and len(cal["sha256"]) == 64 and cal["path"] == os.path.abspath(folders["calib"])
+    assert cal["preprocessing"]["implementation"] == "mess_edge.run.preprocess.Preprocessor"
+    assert cal["preprocessing"]["input_hw"] == [32, 32] and cal["inputs_from"] == "quantized segments"
+    by = {g["name"]: g for g in m["graphs"]}
+    assert [g["name"] for g in m["graphs"]] == [g["name"] for g in src["graphs"]]
+    assert by["upsample_8x8"]["precision"] == "fp32" and by["segment_0"]["precision"] == "int8"
+    ops = [n.op_type for n in onnx.load(os.path.join(folders["int8"], "segment_1.onnx")).graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    head = onnx.load(os.path.join(folders["int8"], "head_e0_c1b1r0h0.onnx"))
+    # the gate (everything after the logits) has no Q/DQ node: the exit decision is computed in fp32
+    after = [n.op_type for n in head.graph.node][[n.op_type for n in head.graph.node].index("Softmax"):]
+    assert after == ["Softmax", "ReduceMax", "GreaterOrEqual", "Cast", "ReduceMean"]
+    assert by["head_e0_c1b1r0h0"]["fp32_nodes"] == 5
+    f16 = json.load(open(os.path.join(folders["fp16"], "manifest.json")))
+    assert f16["precision"] == "fp16" and f16["calibration"] is None
+    g = onnx.load(os.path.join(folders["fp16"], "segment_0.onnx"))
+    assert g.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # fp32 in and out
+    assert g.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in g.graph.initializer)
+
+
+def test_build_and_profile_record_the_precision(folders):
+    for p, eng in folders["engines"].items():
+        e = load_engines(eng)
+        assert e.precision == p and e.sidecar["graph_precision"] == p
+        assert {g["name"]: g["precision"] for g in e.graphs}["upsample_16x16"] == "fp32"
+    lut = profile_engines(folders["engines"]["int8"], out=str(folders["base"] / "lut-int8.json"), config=FAST)
+    assert lut["precision"] == "int8" and lut["conditions"]["precision"] == "int8"
+    assert len(lut["heads"]) == 4 and all(h["median_ms"] > 0 for h in lut["heads"])
+
+
+def _chain_labels(engine_dir, frames, instance):
+    from mess_edge.run.chain import Chain
+    from mess_edge.run.preprocess import Preprocessor
+
+    e = load_engines(engine_dir)
+    pre = Preprocessor(e.manifest["input_hw"], e.manifest["normalization"])
+    with Chain(e, instance) as chain:
+        return [chain.run(pre(f).copy()) for f in frames]
+
+
+def test_int8_and_fp16_chains_agree_with_fp32(folders):
+    final_only = {"format": "mess-edge-instance/1", "setting": "final-only", "exits": [], "final": True}
+    want = [r.labels for r in _chain_labels(folders["engines"]["fp32"], folders["test"], final_only)]
+    for p, least in (("int8", 0.9), ("fp16", 0.99)):
+        got = [r.labels for r in _chain_labels(folders["engines"][p], folders["test"], final_only)]
+        agree = np.mean([np.mean(a == b) for a, b in zip(got, want)])
+        assert agree >= least, (p, agree)
+    e = load_engines(folders["engines"]["int8"])
+    budgeted = {"format": "mess-edge-instance/1", "setting": "budgeted", "final": False, "th_pix": 0.5,
+                "manifest_sha256": e.sidecar["manifest_sha256"],
+                "exits": [{"exit": 1, "graph": "head_e1_c1b1r0h0", "arch": {}, "th_img": 0.0}]}
+    out = _chain_labels(folders["engines"]["int8"], folders["test"], budgeted)
+    assert [r.exit for r in out] == [1] * len(out) and out[0].labels.shape == (32, 32)
+
+
+def test_precision_and_calibration_mismatches_are_one_line_errors(folders, tmp_path):
+    with pytest.raises(MessError, match=r"got --precision fp32 for graphs made at int8 .*expected int8"):
+        build_engines(folders["int8"], "ort", "fp32", out_dir=str(tmp_path / "e"))
+    with pytest.raises(MessError, match=r"with graphs already at int8 .*expected the fp32 graphs"):
+        quantize_folder(folders["int8"], "fp16", str(tmp_path / "again"))
+    big = _write_images(str(tmp_path / "big"), _smooth_images(np.random.default_rng(2), 2, (48, 48)))
+    with pytest.raises(MessError, match=r"calibration image .*000.png is 48x48; expected 32x32"):
+        quantize_folder(folders["fp32"], "int8", str(tmp_path / "q"), big)
+    assert not os.path.exists(str(tmp_path / "q"))  # nothing half-written
+    quantize_folder(folders["fp32"], "int8", str(tmp_path / "q"), big, max_images=2, allow_resize=True)
+    assert json.load(open(str(tmp_path / "q" / "manifest.json")))["calibration"]["preprocessing"]["resize"] \
+        == "cv2.INTER_LINEAR"
+    with pytest.raises(MessError, match="without --calib-data"):
+        quantize_folder(folders["fp32"], "int8", str(tmp_path / "q2"))
+    cmd = [sys.executable, "-m", "mess_edge.cli", "build", folders["int8"], "--backend", "ort", "--precision",
+           "fp16", "--out", str(tmp_path / "e2")]
+    r = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert r.stderr.startswith("error: got --precision fp16 for graphs made at int8")
+    cmd = [sys.executable, "-m", "mess_edge.cli", "quantize", folders["fp32"], "--precision", "int8", "--calib-data",
+           big, "--out", str(tmp_path / "q3")]
+    r = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "is 48x48; expected 32x32" in r.stderr
+
+
+def test_uint8_activations_are_for_onnx_runtime_only(folders, tmp_path):
+    q = str(tmp_path / "u8")
+    m = quantize_folder(folders["fp32"], "int8", q, folders["calib"], activations="uint8")
+    assert m["calibration"]["activations"] == "uint8" and m["calibration"]["symmetric"] is False
+    head = onnx.load(os.path.join(q, "segment_0.onnx"))
+    zero_points = [i for i in head.graph.initializer if i.name.endswith("zero_point")]
+    assert any(z.data_type == onnx.TensorProto.UINT8 for z in zero_points)
+    e = build_engines(q, "ort", out_dir=str(tmp_path / "e"))
+    final_only = {"format": "mess-edge-instance/1", "setting": "final-only", "exits": [], "final": True}
+    got = [r.labels for r in _chain_labels(e, folders["test"], final_only)]
+    want = [r.labels for r in _chain_labels(folders["engines"]["fp32"], folders["test"], final_only)]
+    assert np.mean([np.mean(a == b) for a, b in zip(got, want)]) >= 0.9
+    with pytest.raises(MessError, match="quantized with uint8 activations .*expected symmetric int8 Q/DQ"):
+        build_engines(q, "trt", out_dir=str(tmp_path / "t"))
