@@ -58,7 +58,8 @@ def memoise_engines(engine_dir, data, split="cal", max_images=None, progress=Tru
     from mess_edge.confidence import HIST_BINS, confidence_histograms, hist_bin_edges
     from mess_edge.data.voc import VocDataset, resize_pair
     from mess_edge.metrics import confusion_matrix
-    from mess_edge.progress import Progress
+    from mess_edge.confidence import DEFAULT_TH_PIX
+    from mess_edge.progress import progress as make_progress
     from mess_edge.run.chain import _upsample_for
     from mess_edge.run.preprocess import Preprocessor
     from mess_edge.search.memo import ARCH_KEYS, MEMO_FORMAT, Memo
@@ -83,10 +84,11 @@ def memoise_engines(engine_dir, data, split="cal", max_images=None, progress=Tru
     mean_conf = np.zeros((H + 1, n), np.float32)
     n_pixels = np.zeros((H + 1, n), np.int64)
     pre = Preprocessor(hw, man["normalization"])
-    th = np.array([0.5], np.float32)  # the gate's input only; the memo keeps histograms for every threshold
+    th = np.array([DEFAULT_TH_PIX], np.float32)  # only the gate reads it; the memo keeps every threshold
     runners = _open_runners(engines)
     try:
-        with Progress(n, "calibrate {} ({} engines)".format(split, engines.precision), enabled=progress) as bar:
+        with make_progress(n, "calibrate {} ({} engines)".format(split, engines.precision), enabled=progress,
+                           unit="images") as bar:
             for i in range(n):
                 rgb, y = ds.load(i)
                 if rgb.shape[:2] != hw:

@@ -15,10 +15,11 @@ import os
 
 import numpy as np
 
+from mess_edge.confidence import DEFAULT_TH_PIX
 from mess_edge.errors import MessError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm")
-TH_PIX_CALIB = 0.5  # the heads' pixel threshold input while calibrating: it only feeds the (fp32) gate
+TH_PIX_CALIB = DEFAULT_TH_PIX  # the heads' pixel threshold input while calibrating: it only feeds the (fp32) gate
 
 
 def _list_files(calib_dir):
