@@ -1,0 +1,295 @@
+"""Where early exit's speed is lost (issue 13 item 1): per benchmark model, one early exit + the final exit.
+
+For every trained head h and every mIoU budget D (0.1, 0.25, 0.5, 1, 2 pp), how many test images can leave at h
+and what that saves, under four rankings of the images (who leaves first):
+
+- eq7: the exit's own confidence (eq. 7, the fraction of pixels with confidence >= th_pix, best th_pix), with
+  the threshold chosen on the CALIBRATION split (the largest share of cal images leaving while the cal drop
+  stays within D) and applied to the test split: what a deployed policy gets, and the test drop it really has.
+- teacher: the true fraction of pixels the final exit would relabel (from the final exit's own label map: no
+  labels needed, but not knowable before running the final exit): close to the ceiling of any policy that never
+  sees labels. Ranked and cut on the test split, so an upper bound, not a policy.
+- label-aware: ranked by how much worse the head is than the final exit on the image's labels: the "perfect
+  decisions" figure. It profits from images where the exit is right and the final wrong, which nothing without
+  labels can see: a bound, not a target.
+And per head: its agreement with the final exit (mean share of pixels with the same label; share of images
+with >= 99% agreement) against its cost (exit path / final path, from the latency table).
+
+Costs are priced from the model's latency table as the chain runs (leave at h: backbone to h + head +
+upsample; pass h: + the rest of the backbone and the final graph, the head paid): predicted, labelled as such.
+Label maps come from the exported graphs through onnxruntime (the deployed graphs, not torch).
+
+    python benchmarks/exit_ceilings.py --model cpu-mbv2-e8 [--model cpu-drn-e8]
+
+Artifacts under runs/ceilings/<model>/ are reused. Results: benchmarks/results/exit_ceilings.{json,md,png}.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks._common import RESULTS, ROOT, cli, save  # noqa: E402
+
+DROPS = (0.1, 0.25, 0.5, 1.0, 2.0)
+POLICIES = ("eq7", "teacher", "label-aware")
+
+
+def prepare(model, data, work, profile_seconds):
+    """Calibrate (cal, test), export, build and profile a committed benchmark model; returns artifact paths."""
+    ckpt = os.path.join(ROOT, "benchmarks", "models", model, "stage2.pt")
+    if not os.path.isfile(ckpt):
+        sys.exit("no benchmark model {}: run python benchmarks/make_models.py {}".format(ckpt, model))
+    if not os.path.isdir(data):
+        cli("data", "digitscenes", "--out", data)
+    p = {k: os.path.join(work, v) for k, v in dict(memo="memo_cal.npz", test_memo="memo_test.npz", onnx="onnx",
+                                                     engines="engines", lut="engines/lut.json").items()}
+    os.makedirs(work, exist_ok=True)
+    for split, key in (("cal", "memo"), ("test", "test_memo")):
+        if not os.path.isfile(p[key]):
+            cli("calibrate", ckpt, "--data", data, "--split", split, "--out", p[key])
+    if not os.path.isfile(os.path.join(p["onnx"], "manifest.json")):
+        cli("export", ckpt, "--out", p["onnx"])
+    if not os.path.isfile(p["lut"]):
+        cli("build", p["onnx"], "--backend", "ort", "--out", p["engines"])
+        cli("profile", p["engines"], "--min-seconds", profile_seconds, "--threads", 2)
+    return p
+
+
+def agreement(p, data, n_images):
+    """float64 [H, I]: share of pixels where head h's label map equals the final exit's, on the test split, run
+    through the exported graphs (the chain's upsample) with the runtime's preprocessing."""
+    import numpy as np
+
+    from mess_edge.build.engine_set import load_engines
+    from mess_edge.calibrate.engine_memo import _image_outputs, _open_runners
+    from mess_edge.confidence import DEFAULT_TH_PIX
+    from mess_edge.data.voc import VocDataset, resize_pair
+    from mess_edge.run.chain import _upsample_for
+    from mess_edge.run.preprocess import Preprocessor
+
+    engines = load_engines(p["engines"])
+    man = engines.manifest
+    hw = tuple(man["input_hw"])
+    ds = VocDataset(data, "test", num_classes=int(man["num_classes"]))
+    n = min(n_images, len(ds))
+    heads = engines.by_role("head")
+    upsample_of = {g["name"]: _upsample_for(engines, g["name"]) for g in heads}
+    pre = Preprocessor(hw, man["normalization"])
+    th = np.array([DEFAULT_TH_PIX], np.float32)
+    agree = np.zeros((len(heads), n))
+    runners = _open_runners(engines)
+    try:
+        for i in range(n):
+            rgb, y = ds.load(i)
+            if rgb.shape[:2] != hw:
+                rgb, y = resize_pair(rgb, y, hw)
+            outs = _image_outputs(engines, runners, pre(np.ascontiguousarray(rgb[..., ::-1])), upsample_of, th)
+            final = outs[-1][1]
+            for h, (_, labels) in enumerate(outs[:-1]):
+                agree[h, i] = float(np.mean(labels == final))
+    finally:
+        for r in runners.values():
+            r.deactivate()
+    return agree, [g["name"] for g in heads]
+
+
+def head_costs(p, memo):
+    """Per head (memo order): (ms when an image leaves there, ms when it passes on to the final exit); and the
+    final-only path's ms. From the table's means where it has them, else medians."""
+    import numpy as np
+
+    with open(p["lut"]) as f:
+        lut = json.load(f)
+
+    def ms(e):
+        return float(e.get("mean_ms", e["median_ms"]))
+
+    graphs = [ms(s) for s in lut["segments"]] + [ms(lut["final"])]
+    fused = {int(s["to"]): ms(s) for s in lut.get("stretches", []) if int(s["from"]) == 0}
+
+    def backbone(k):
+        return fused[k] if k in fused else float(sum(graphs[:k + 1]))
+
+    head_ms = {h["name"]: ms(h) for h in lut["heads"]}
+    up = ms(lut["upsample"])
+    leave, passing = [], []
+    for h in range(memo.n_heads):
+        k = int(memo.head_exit[h])
+        name = "head_" + memo.head_label(h).replace(":", "_")
+        leave.append(backbone(k) + head_ms[name] + up)
+        passing.append(backbone(k) + head_ms[name] + float(sum(graphs[k + 1:])))
+    return np.array(leave), np.array(passing), backbone(len(graphs) - 1)
+
+
+def _best_cut(order, stats_h, stats_f, floor):
+    """Largest k such that the first k images of ``order`` at head h (stats_h [I, 3C]) and the rest at the final
+    exit keep mIoU >= floor; returns (k, mIoU of that split)."""
+    import numpy as np
+
+    from mess_edge.search.memo import miou_from_stats
+
+    d = stats_h[order] - stats_f[order]
+    cum = np.vstack([np.zeros((1, d.shape[1])), np.cumsum(d, 0)]) + stats_f.sum(0)
+    miou = miou_from_stats(cum)
+    ok = np.flatnonzero(miou >= floor)
+    k = int(ok.max())
+    return k, float(miou[k])
+
+
+def eq7_split(cal, test, h, drop):
+    """eq. 7 at head h: th_img and th_pix chosen on ``cal`` (most images leaving within the drop), applied to
+    ``test``. Returns (share of test images leaving, test mIoU, th_pix, th_img)."""
+    import numpy as np
+
+    from mess_edge.search.memo import miou_from_stats
+
+    best = None
+    sc, st = cal.stats(np.float64), test.stats(np.float64)
+    floor = float(cal.head_miou()[-1]) - drop / 100.0
+    for j in range(len(cal.hist_bins) - 1):
+        conf = cal.image_confidence("edge", j)[h]
+        order = np.argsort(-conf, kind="stable")
+        k, _ = _best_cut(order, sc[h], sc[cal.n_heads], floor)
+        if k == 0:
+            continue
+        th_img = float(conf[order[k - 1]])
+        if best is None or k > best[0]:
+            best = (k, j, th_img)
+    if best is None:
+        return 0.0, float(test.head_miou()[-1]), None, None, 0.0
+    _, j, th_img = best
+    leave = test.image_confidence("edge", j)[h] >= th_img
+    taken = np.where(leave, h, test.n_heads)
+    miou = float(miou_from_stats(st[taken, np.arange(test.n_images)].sum(0)))
+    return float(leave.mean()), miou, float(cal.hist_bins[j]), th_img, best[0] / cal.n_images
+
+
+def analyse(p, data, n_images):
+    import numpy as np
+
+    from mess_edge.search.memo import load_memo
+
+    cal, test = load_memo(p["memo"]), load_memo(p["test_memo"])
+    agree, _ = agreement(p, data, n_images)
+    n = agree.shape[1]
+    st = test.stats(np.float64)[:, :n]
+    correct = np.trace(test.confusion[:, :n], axis1=2, axis2=3).astype(np.float64)
+    leave_ms, pass_ms, final_ms = head_costs(p, test)
+    final_miou = float(__import__("mess_edge.search.memo", fromlist=["x"]).miou_from_stats(st[-1].sum(0)))
+    rows, per_head = [], []
+    for h in range(test.n_heads):
+        per_head.append({"head": test.head_label(h), "agreement": float(agree[h].mean()),
+                         "images_99": float(np.mean(agree[h] >= 0.99)), "cost_ratio": float(leave_ms[h] / final_ms),
+                         "test_miou": float(test.head_miou()[h] * 100)})
+    for drop in DROPS:
+        floor = final_miou - drop / 100.0
+        # final-only is always available: a head whose early path does not pay is not taken
+        best = {policy: {"head": "none (final only)", "leave_share": 0.0, "test_drop_pp": 0.0, "speedup": 1.0,
+                         "th_pix": None, "th_img": None} for policy in POLICIES}
+        for h in range(test.n_heads):
+            for policy in POLICIES:
+                if policy == "eq7":
+                    sub_cal = cal
+                    f, miou, th_pix, th_img, f_cal = eq7_split(sub_cal, _head_view(test, n), h, drop)
+                else:
+                    key = -agree[h] if policy == "teacher" else (correct[h] - correct[-1])
+                    order = np.argsort(-key if policy == "label-aware" else key, kind="stable")
+                    k, miou = _best_cut(order, st[h], st[-1], floor)
+                    f, th_pix, th_img = k / n, None, None
+                ms = f * leave_ms[h] + (1 - f) * pass_ms[h]
+                r = {"head": test.head_label(h), "leave_share": f, "test_drop_pp": (final_miou - miou) * 100,
+                     "speedup": final_ms / ms if f > 0 else 1.0, "th_pix": th_pix, "th_img": th_img}
+                if policy == "eq7":  # the head is chosen by its calibration-split speedup, never by test
+                    r["cal_speedup"] = final_ms / (f_cal * leave_ms[h] + (1 - f_cal) * pass_ms[h])
+                    r["over_budget"] = r["test_drop_pp"] > drop + 1e-9
+                key = "cal_speedup" if policy == "eq7" else "speedup"
+                if r[key] > best[policy].get(key, 1.0):
+                    best[policy] = r
+        rows.append({"drop_pp": drop, "best": best})
+    return {"final_test_miou": final_miou * 100, "final_ms": final_ms, "images": n, "per_drop": rows,
+            "per_head": per_head}
+
+
+def _head_view(memo, n):
+    """The first n images of a memo (the agreement pass may use fewer images than the memo holds)."""
+    import dataclasses
+
+    if n >= memo.n_images:
+        return memo
+    cut = {f: getattr(memo, f)[:, :n] for f in ("confusion", "hist_edge", "hist_raw", "mean_conf", "n_pixels")}
+    return dataclasses.replace(memo, _cache={}, lc_cover_hist=None, lc_stats=None, lc_th=None, **cut)
+
+
+def markdown(results):
+    lines = ["# Ceilings of one early exit (issue 13 item 1; DigitScenes test split, onnxruntime CPU table)", "",
+             "Speedups are predicted from each model's measured latency table (priced as the chain runs), one early",
+             "exit + the final exit, best head per cell (final only, 1.00x, when no head pays). eq7 is a policy",
+             "(head and thresholds chosen on the calibration split; * marks a test drop over the budget);",
+             "teacher and label-aware are cut on the test split and are ceilings, not policies. eq7 / teacher is the",
+             "share of the teacher's gain the policy gets.", ""]
+    for name, r in results.items():
+        lines += ["## {} (final test mIoU {:.2f}, final path {:.3f} ms, {} test images)".format(
+            name, r["final_test_miou"], r["final_ms"], r["images"]), "",
+            "| budget (pp) | eq7 | eq7 / teacher | teacher | label-aware | eq7 head, test drop |", "|---|---|---|---|---|---|"]
+        for row in r["per_drop"]:
+            b = row["best"]
+            gain = b["teacher"]["speedup"] - 1
+            lines.append("| {} | {:.3f}x{} | {} | {:.3f}x | {:.3f}x | {} {:.2f} pp |".format(
+                row["drop_pp"], b["eq7"]["speedup"], "*" if b["eq7"].get("over_budget") else "",
+                "{:.0f}%".format(100 * (b["eq7"]["speedup"] - 1) / gain) if gain > 1e-6 else "-",
+                b["teacher"]["speedup"], b["label-aware"]["speedup"], b["eq7"]["head"], b["eq7"]["test_drop_pp"]))
+        lines += ["", "Per head: agreement with the final exit against cost (exit path / final path):", "",
+                  "| head | test mIoU | pixels agreeing | images >= 99% agreeing | cost ratio |", "|---|---|---|---|---|"]
+        for h in sorted(r["per_head"], key=lambda h: -h["images_99"] / h["cost_ratio"])[:12]:
+            lines.append("| {} | {:.1f} | {:.2f}% | {:.1f}% | {:.2f} |".format(
+                h["head"], h["test_miou"], 100 * h["agreement"], 100 * h["images_99"], h["cost_ratio"]))
+        lines.append("")
+    lines += ["![speedup against test mIoU drop](exit_ceilings.png)"]
+    return "\n".join(lines)
+
+
+def plot(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4), squeeze=False)
+    for ax, (name, r) in zip(axes[0], results.items()):
+        for policy in POLICIES:
+            pts = sorted((row["best"][policy]["test_drop_pp"], row["best"][policy]["speedup"]) for row in r["per_drop"])
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=policy)
+        ax.set_title(name)
+        ax.set_xlabel("test mIoU drop (pp)")
+        ax.set_ylabel("speedup vs final-only (predicted from the table)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", action="append", help="benchmarks/models/<name> [every committed model]")
+    ap.add_argument("--data", default=os.path.join(ROOT, "runs", "ds128"))
+    ap.add_argument("--images", type=int, default=500, help="test images for the agreement pass")
+    ap.add_argument("--profile-seconds", type=float, default=1.0)
+    a = ap.parse_args()
+    models = a.model or sorted(d for d in os.listdir(os.path.join(ROOT, "benchmarks", "models"))
+                               if os.path.isfile(os.path.join(ROOT, "benchmarks", "models", d, "stage2.pt")))
+    results = {}
+    for m in models:
+        p = prepare(m, a.data, os.path.join(ROOT, "runs", "ceilings", m), a.profile_seconds)
+        results[m] = analyse(p, a.data, a.images)
+    os.makedirs(RESULTS, exist_ok=True)
+    plot(results, os.path.join(RESULTS, "exit_ceilings.png"))
+    save("exit_ceilings", {"models": results, "drops_pp": list(DROPS)}, markdown(results))
+
+
+if __name__ == "__main__":
+    main()
