@@ -54,10 +54,14 @@ def main():
             ctrl, _ = controlled_search(cal, costs, "input-dependent", obj, Promise("new-images", delta=a.delta, seed=s))
             for p, r in (("calibration", plain), ("new-images", ctrl)):
                 rows[(d, p)].append((held_out_drop(new, r, "edge"), r.final_only_cost / r.cost))
-        print("split {}/{} done".format(s + 1, a.splits), flush=True)
+        report(a, n, rows, s + 1)  # saved after every split: a long run that is cut short keeps what it did
+
+
+def report(a, n, rows, done):
+    """Write benchmarks/results/risk_control.{json,md} from the first ``done`` re-splits."""
     table, md = [], ["# Risk control: does `--max-drop` hold on held-out images?", "",
-                     "{} re-splits of {} pooled images ({} + {}), input-dependent, MAC costs, delta {}.".format(
-                         a.splits, n, n // 2, n - n // 2, a.delta), "",
+                     "{} of {} re-splits of {} pooled images ({} + {}), input-dependent, MAC costs, delta {}.".format(
+                         done, a.splits, n, n // 2, n - n // 2, a.delta), "",
                      "| max drop (pp) | promise | within budget | mean held-out drop (pp) | worst (pp) | "
                      "mean predicted speedup |", "|---|---|---|---|---|---|"]
     for (d, p), v in rows.items():
@@ -68,8 +72,8 @@ def main():
         table.append(row)
         md.append("| {:g} | {} | {:.0%} | {:.2f} | {:.2f} | {:.2f}x |".format(
             d, p, row["within_budget"], row["mean_drop_pp"], row["worst_drop_pp"], row["mean_speedup"]))
-    save("risk_control", {"memos": a.memos, "manifest": a.manifest, "splits": a.splits, "delta": a.delta,
-                          "n_images": n, "rows": table}, "\n".join(md))
+    save("risk_control", {"memos": a.memos, "manifest": a.manifest, "splits": a.splits, "splits_done": done,
+                          "delta": a.delta, "n_images": n, "rows": table}, "\n".join(md))
 
 
 if __name__ == "__main__":
