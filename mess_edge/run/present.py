@@ -64,7 +64,9 @@ class Presenter(threading.Thread):
     for the text; ``stop``: a threading.Event set when the window's user presses q or Esc; ``on_output(index,
     end_to_end_ms)``: called on this thread after each presented frame; ``overlay``: an overlay.Overlay (its
     fit, size and legend; default: a plain one). Latency histograms (ms) in
-    ``latency``: overlay, output (write and show), end_to_end (capture to output done). ``error``: the
+    ``latency``: present_wait (hand-over to the presenter starting on it), overlay, output (write and show),
+    end_to_end (the frame's capture time, taken as the source handed it over, to its overlay written / shown:
+    what a user feels; end_to_end = to_result + present_wait + overlay + output). ``error``: the
     exception the thread died of; the loop raises it.
     """
 
@@ -74,7 +76,8 @@ class Presenter(threading.Thread):
 
         self.sink, self.show, self.newest_wins, self.roles = sink, show, newest_wins, roles
         self.stop_event, self.on_output, self.overlay = stop, on_output, overlay or Overlay()
-        self.latency = collections.OrderedDict((k, LatencyHistogram()) for k in ("overlay", "output", "end_to_end"))
+        self.latency = collections.OrderedDict((k, LatencyHistogram()) for k in ("present_wait", "overlay", "output",
+                                                                                 "end_to_end"))
         self.submitted = self.presented = self.skipped = 0
         self.error, self._pending, self._closing = None, None, False
         self._slot = threading.Condition()
@@ -83,7 +86,7 @@ class Presenter(threading.Thread):
         """Hand over one processed frame (``frame`` BGR uint8, not modified afterwards; ``fps`` the loop's rate
         or None; ``t_capture`` its perf_counter capture time). Newest-wins: never waits. Otherwise waits for the
         slot."""
-        item = (index, frame, result, fps, t_capture)
+        item = (index, frame, result, fps, t_capture, time.perf_counter())
         with self._slot:
             self.submitted += 1
             while self._pending is not None and not self.newest_wins and self.error is None:
@@ -119,7 +122,7 @@ class Presenter(threading.Thread):
         finally:
             self._finish()
 
-    def _present(self, index, frame, result, fps, t_capture):
+    def _present(self, index, frame, result, fps, t_capture, t_submit):
         t0 = time.perf_counter()
         image = self.overlay(frame, result.labels, status_lines(result, self.roles, fps))
         t1 = time.perf_counter()
@@ -131,7 +134,8 @@ class Presenter(threading.Thread):
             if cv2.waitKey(1) & 0xFF in (27, ord("q")):
                 self.stop_event.set()
         t2 = time.perf_counter()
-        for name, ms in (("overlay", t1 - t0), ("output", t2 - t1), ("end_to_end", t2 - t_capture)):
+        for name, ms in (("present_wait", t0 - t_submit), ("overlay", t1 - t0), ("output", t2 - t1),
+                         ("end_to_end", t2 - t_capture)):
             self.latency[name].add(ms * 1e3)
         if self.on_output is not None:
             self.on_output(index, (t2 - t_capture) * 1e3)
