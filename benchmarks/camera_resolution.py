@@ -166,7 +166,7 @@ def measure(engines, instance, kind, frames, clip, n, output, width, realtime=Tr
             "frames": s["frames"], "fps": s["fps"], "inference_fps": s["inference_fps"],
             "ratio": s["fps"] / s["inference_fps"], "mean_inference_ms": s["mean_inference_ms"],
             "capture_fps": s["frames_in"] / s["wall_s"], "preprocess_p50_ms": p50("preprocess"),
-            "overlay_p50_ms": p50("overlay"), "output_p50_ms": p50("output"), "end_to_end_p50_ms": p50("end_to_end"),
+            "present_wait_p50_ms": p50("present_wait"), "overlay_p50_ms": p50("overlay"), "output_p50_ms": p50("output"), "end_to_end_p50_ms": p50("end_to_end"),
             "to_result_p50_ms": p50("to_result"), "written": s["frames_written"], "not_presented": s["not_presented"],
             "exit_histogram": s["exit_histogram"], "load_average": [load0, os.getloadavg()[0]]}
 

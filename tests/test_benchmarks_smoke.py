@@ -82,11 +82,13 @@ def hand_made():
                {"name": "upsample_4x4", "role": "upsample", "gmacs": 0.0,
                 "inputs": [{"name": "logits", "shape": [1, 4, 4, 4]}], "outputs": [{"name": "labels"}]}]
     manifest = {"exit_points": [0, 1, 2], "graphs": graphs}
-    lut = {"segments": [{"name": "segment_{}".format(k), "index": k, "median_ms": SEG[k]} for k in range(3)],
-           "heads": [{"name": g["name"], "exit": g["exit"], "arch": g["arch"], "median_ms": head_ms[h]}
+    lut = {"segments": [{"name": "segment_{}".format(k), "index": k, "median_ms": SEG[k], "mean_ms": SEG[k]}
+                        for k in range(3)],
+           "heads": [{"name": g["name"], "exit": g["exit"], "arch": g["arch"], "median_ms": head_ms[h],
+                      "mean_ms": head_ms[h]}
                      for h, g in enumerate(g for g in graphs if g["role"] == "head")],
-           "final": {"name": "final", "median_ms": FINAL},
-           "upsamples": [{"name": "upsample_4x4", "median_ms": UP}]}
+           "final": {"name": "final", "median_ms": FINAL, "mean_ms": FINAL},
+           "upsamples": [{"name": "upsample_4x4", "median_ms": UP, "mean_ms": UP}]}
     return memo, costs_from_lut(lut, manifest, memo), head_ms
 
 

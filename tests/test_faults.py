@@ -313,9 +313,13 @@ def test_broken_memo_is_one_line_exit_2(probe, fault):
 
 
 LUT_FAULTS = {
-    "negative cost": (lambda d: d["segments"][0].update(median_ms=-1.0), r"median_ms -1\.0 for graph segment_0"),
-    "NaN cost": (lambda d: d["heads"][0].update(median_ms=float("nan")), r"median_ms nan for graph head_e"),
-    "string cost": (lambda d: d["final"].update(median_ms="fast"), r"median_ms 'fast' for graph final"),
+    # the search prices expected costs with means (search/costs.py): the probes corrupt mean_ms
+    "negative cost": (lambda d: d["segments"][0].update(mean_ms=-1.0), r"mean_ms -1\.0 for graph segment_0"),
+    "NaN cost": (lambda d: d["heads"][0].update(mean_ms=float("nan")), r"mean_ms nan for graph head_e"),
+    "string cost": (lambda d: d["final"].update(mean_ms="fast"), r"mean_ms 'fast' for graph final"),
+    "no mean (old table)": (lambda d: d["final"].pop("mean_ms"),
+                            r"without mean_ms \(graph final\).*try re-running mess-edge profile"),
+    "bad overhead": (lambda d: d.update(frame_overhead_ms={"final": -0.1, "exits": {}}), r"frame_overhead_ms"),
     "no manifest_sha256": (lambda d: d.pop("manifest_sha256"), r"manifest_sha256 None"),
 }
 

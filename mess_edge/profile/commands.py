@@ -49,7 +49,11 @@ def profile(engine_dir, out, min_iters, min_seconds, warmup_s, th_pix, threads, 
     config = ProfileConfig(min_iters=min_iters, min_seconds=min_seconds, warmup_s=warmup_s, th_pix=th_pix,
                            in_chain=not alone, device_index=device_index)
     _own_ort_threads(threads)
-    profile_engines(engine_dir, out, config, progress=_progress)
+    lut = profile_engines(engine_dir, out, config, progress=_progress)
+    over = lut.get("frame_overhead_ms")
+    if over:
+        click.echo("chain overhead per frame (Chain.run beyond the table's graph means): final {:.4f} ms{}".format(
+            over["final"], "".join(", exit {} {:.4f} ms".format(k, v) for k, v in sorted(over["exits"].items()))))
     click.echo("latency table written to {}".format(out or os.path.join(engine_dir, "lut.json")))
 
 

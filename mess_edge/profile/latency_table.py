@@ -44,6 +44,7 @@ class ProfileConfig:
     visit_warm_frames: int = 1   # ORT in chain: untimed frames of one chain before its timed ones, per visit ...
     visit_timed_frames: int = 8  # ... and timed frames (a deployed loop runs one chain frame after frame)
     device_index: int = 0        # TensorRT: the CUDA device the engines run on
+    overhead: bool = True        # also measure the chain's own per-frame overhead (profile/overhead.py)
 
 
 def random_feed(metas, th_pix, rng):
@@ -174,6 +175,10 @@ def _profile(engines, config, progress):
             if progress is not None:
                 progress(len(graphs) + i + 1, total, "+".join(names), stretches[key])
     lut["upsample"] = _final_upsample(engines, lut["upsamples"])
+    if config.overhead and lut["final"] is not None:
+        from mess_edge.profile.overhead import frame_overhead
+
+        lut["frame_overhead_ms"], lut["frame_overhead_paths"] = frame_overhead(engines, lut, config, rng)
     lut["conditions"] = _conditions(engines, config, threading_setting(engines))
     return lut
 

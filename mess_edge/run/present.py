@@ -2,8 +2,8 @@
 
 The loop hands each result over and goes back to inference. The hand-over is a one-slot queue: while the
 presenter is busy, a live run (a camera, a stream, a ``realtime`` file) lets the newest result replace the
-one waiting, counted in ``skipped`` (apart from the capture's drops), and the thread runs at a lower priority,
-so a slow writer costs written frames rather than inference rate; a file read without drops waits for the
+one waiting, counted in ``skipped`` (apart from the capture's drops), so a slow writer costs written frames and
+never queues them (see NICE for its priority); a file read without drops waits for the
 slot instead, so every frame is written and a run is reproducible. Every processed frame is either presented or skipped:
 ``presented + skipped == submitted`` once ``close`` has returned. cv2 is imported inside the thread.
 """
@@ -38,13 +38,15 @@ def status_lines(result, roles, fps):
             infer if fps is None else "{}  {:.1f} fps".format(infer, fps)]
 
 
-# The presenter's nice increment in newest-wins runs. On 2 cores, inference takes both (ORT's pool, whose
-# workers spin between frames), so whatever the presenter runs is taken from the loop: at equal priority it
-# presented ~90% of the frames and the loop fell to 0.81-0.90x of 1 / mean inference latency. At +10 it
-# presents what the loop leaves room for (~20% there) and the loop keeps 0.92-0.94x, the same as with no
-# output at all; +19 or SCHED_IDLE starve it (frame-to-output p99 of seconds). With cores to spare (a Jetson,
-# GPU inference) nice changes nothing.
-NICE = 10
+# The presenter's nice increment in newest-wins runs. It was +10 (issue 15): on 2 cores inference takes both
+# (ORT's pool), and at +10 the presenter got so little CPU that its 1.7 ms overlay took 15-170 ms and its
+# 1280x720 mp4 write 40-260 ms: end-to-end (capture to written) p50 11-25x the mean inference latency, ~1 frame
+# in 20 written. The hand-over holds one result (present_wait p50 7-15 ms), so the latency was that starved
+# work, not a queue. At 0 (equal priority), same machine and load: end-to-end 3.2-3.9x, half the frames
+# written, loop fps / (1 / mean inference) unchanged (0.98); the absolute loop rate is lower, since the writer's
+# CPU is no longer all the loop's (benchmarks/results/camera_resolution.md). With cores to spare (a Jetson,
+# GPU inference) it changes nothing. Kept as a knob: raise it to favour the loop's rate over what is written.
+NICE = 0
 
 
 def _lower_priority(increment):
@@ -64,7 +66,9 @@ class Presenter(threading.Thread):
     for the text; ``stop``: a threading.Event set when the window's user presses q or Esc; ``on_output(index,
     end_to_end_ms)``: called on this thread after each presented frame; ``overlay``: an overlay.Overlay (its
     fit, size and legend; default: a plain one). Latency histograms (ms) in
-    ``latency``: overlay, output (write and show), end_to_end (capture to output done). ``error``: the
+    ``latency``: present_wait (hand-over to the presenter starting on it), overlay, output (write and show),
+    end_to_end (the frame's capture time, taken as the source handed it over, to its overlay written / shown:
+    what a user feels; end_to_end = to_result + present_wait + overlay + output). ``error``: the
     exception the thread died of; the loop raises it.
     """
 
@@ -74,7 +78,8 @@ class Presenter(threading.Thread):
 
         self.sink, self.show, self.newest_wins, self.roles = sink, show, newest_wins, roles
         self.stop_event, self.on_output, self.overlay = stop, on_output, overlay or Overlay()
-        self.latency = collections.OrderedDict((k, LatencyHistogram()) for k in ("overlay", "output", "end_to_end"))
+        self.latency = collections.OrderedDict((k, LatencyHistogram()) for k in ("present_wait", "overlay", "output",
+                                                                                 "end_to_end"))
         self.submitted = self.presented = self.skipped = 0
         self.error, self._pending, self._closing = None, None, False
         self._slot = threading.Condition()
@@ -83,7 +88,7 @@ class Presenter(threading.Thread):
         """Hand over one processed frame (``frame`` BGR uint8, not modified afterwards; ``fps`` the loop's rate
         or None; ``t_capture`` its perf_counter capture time). Newest-wins: never waits. Otherwise waits for the
         slot."""
-        item = (index, frame, result, fps, t_capture)
+        item = (index, frame, result, fps, t_capture, time.perf_counter())
         with self._slot:
             self.submitted += 1
             while self._pending is not None and not self.newest_wins and self.error is None:
@@ -96,7 +101,7 @@ class Presenter(threading.Thread):
             self._slot.notify_all()
 
     def run(self):
-        if self.newest_wins:  # a run that waits for every frame's output gains nothing from a slow presenter
+        if self.newest_wins and NICE:  # a run that waits for every frame gains nothing from a slow presenter
             _lower_priority(NICE)
         item = None
         try:
@@ -119,7 +124,7 @@ class Presenter(threading.Thread):
         finally:
             self._finish()
 
-    def _present(self, index, frame, result, fps, t_capture):
+    def _present(self, index, frame, result, fps, t_capture, t_submit):
         t0 = time.perf_counter()
         image = self.overlay(frame, result.labels, status_lines(result, self.roles, fps))
         t1 = time.perf_counter()
@@ -131,7 +136,8 @@ class Presenter(threading.Thread):
             if cv2.waitKey(1) & 0xFF in (27, ord("q")):
                 self.stop_event.set()
         t2 = time.perf_counter()
-        for name, ms in (("overlay", t1 - t0), ("output", t2 - t1), ("end_to_end", t2 - t_capture)):
+        for name, ms in (("present_wait", t0 - t_submit), ("overlay", t1 - t0), ("output", t2 - t1),
+                         ("end_to_end", t2 - t_capture)):
             self.latency[name].add(ms * 1e3)
         if self.on_output is not None:
             self.on_output(index, (t2 - t_capture) * 1e3)

@@ -28,6 +28,12 @@ import click
               help="Write every design point (cost, mIoU, pareto flag, description) as CSV.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Draw cost vs mIoU with the Pareto front as PNG (needs matplotlib).")
+@click.option("--promise", type=click.Choice(["new-images", "calibration"]), default=None,
+              help="new-images (default with --max-drop / --min-miou): the mIoU constraint holds on new images with "
+                   "probability >= 1 - delta (Learn-then-Test on the memo's images); calibration: on the memo's "
+                   "images only (the plain search; the default with a budget).")
+@click.option("--delta", type=float, default=0.1, show_default=True,
+              help="--promise new-images: the chance, in (0, 1), that the promise fails.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="instance.json to write.")
 def search(**kwargs):
     """Search exits, architectures and thresholds for one inference setting (paper sec. 5.1, eqs. 4-6)."""

@@ -3,8 +3,9 @@
 Segment k is the backbone from exit point k-1 (or the image, k = 0) to exit point k; "final" is the graph that
 runs the rest of the backbone after the last exit point plus the final head (and, in current exports, its own
 upsample to labels); an upsample graph (bilinear + argmax to the input size) runs once per image after the
-early exit that image takes. Costs are GMACs from the manifest ("macs") or median milliseconds from a
-lut.json ("latency").
+early exit that image takes. Costs are GMACs from the manifest ("macs") or mean milliseconds from a
+lut.json ("latency"): an expected cost is a mean, and a median prices a skewed timing low. A lut's measured
+per-frame overhead of the chained runtime is added per exit taken (costs_from_lut).
 
 Table 1 reads the backbone through ``span``: the N segments and the final graph are backbone graphs 0..N, and
 span[a, b] is the cost of graphs a..b-1 run in one go, i.e. cost(b_{K_(n-1):K_n}) between two selected exits.
@@ -110,9 +111,11 @@ class CostTable:
     segment: np.ndarray  # float64 [N], segment k (N exit points)
     head: np.ndarray  # float64 [H], memo head h
     final: float  # rest of the backbone + final head
-    upsample: np.ndarray  # float64 [H+1], upsample after head h (index H: after the final exit)
+    upsample: np.ndarray  # float64 [H+1], paid once per image after the exit it takes: head h (index H: the final
+    # exit); its upsample graph plus, from a lut, the chain's per-frame overhead on that path (``overhead``)
     head_graphs: tuple = ()  # [H] head graph names (default: the manifest naming rule)
     stretches: tuple = ()  # ((first, last, cost), ...): backbone graphs first..last (N = final) as one fused graph
+    overhead: tuple = ()  # [H+1] or empty: chain overhead per image leaving at head h / the final exit, already in upsample
 
     def __post_init__(self):
         if self.model not in COST_MODELS:
@@ -139,7 +142,7 @@ class CostTable:
         return cost_final_only(self.span) + self.upsample[-1]
 
 
-def make_cost_table(model, segment, head, final, upsample=None, head_graphs=(), stretches=()):
+def make_cost_table(model, segment, head, final, upsample=None, head_graphs=(), stretches=(), overhead=()):
     """CostTable from plain sequences; upsample defaults to 0 for every exit (scalar = the same for all);
     stretches: ((first, last, cost), ...) as in CostTable."""
     head = np.asarray(head, dtype=np.float64)
@@ -147,7 +150,8 @@ def make_cost_table(model, segment, head, final, upsample=None, head_graphs=(), 
         upsample = np.full(len(head) + 1, 0.0 if upsample is None else float(upsample))
     stretches = tuple((int(a), int(b), float(c)) for a, b, c in stretches)
     return CostTable(model, np.asarray(segment, dtype=np.float64), head, float(final),
-                     np.asarray(upsample, dtype=np.float64), tuple(head_graphs), stretches)
+                     np.asarray(upsample, dtype=np.float64), tuple(head_graphs), stretches,
+                     tuple(float(v) for v in overhead))
 
 
 def _arch_key(arch):
@@ -228,7 +232,11 @@ def costs_from_manifest(manifest, memo, where="manifest"):
 
 
 def costs_from_lut(lut, manifest, memo, where="lut"):
-    """Latency cost table (median ms) of ``memo``'s heads from a lut.json profiled from ``manifest``'s graphs."""
+    """Latency cost table (mean ms) of ``memo``'s heads from a lut.json profiled from ``manifest``'s graphs.
+
+    The chain's measured per-frame overhead (lut "frame_overhead_ms") is paid once per image at the exit it
+    takes, like the upsample: it is added to ``upsample`` (per exit taken), so every configuration's expected
+    cost, final-only included, carries it; ``overhead`` keeps it apart for reports."""
     segments, heads, final, upsample = _manifest_pieces(manifest, memo, where)
     entries = {}
     for e in lut.get("segments", []):
@@ -250,36 +258,61 @@ def costs_from_lut(lut, manifest, memo, where="lut"):
             entry = entries.get(("head", graph.get("exit"), _arch_key(graph.get("arch"))))
         if entry is None and graph["role"] == "upsample" and isinstance(ups, dict):
             entry = ups  # the spec's single upsample entry serves every resolution
-        if entry is None or entry.get("median_ms") is None:
-            raise MessError("{}: got no median_ms for graph {}; expected every segment, memo head, final and "
+        if entry is None or entry.get("median_ms", entry.get("mean_ms")) is None:
+            raise MessError("{}: got no mean_ms for graph {}; expected every segment, memo head, final and "
                             "upsample profiled; try mess-edge profile again".format(where, graph["name"]))
-        return _cost(entry["median_ms"], "median_ms", graph["name"], where, "mess-edge profile again")
+        return _mean(entry, graph["name"], where)
 
+    overhead = _lut_overhead(lut, [int(h) for h in memo.head_exit], where)
+    upsample = [0.0 if u is None else ms(u) for u in upsample]
     return make_cost_table(
         "latency", [ms(g) for g in segments], [ms(g) for g in heads], ms(final),
-        [0.0 if u is None else ms(u) for u in upsample], [g.get("name") for g in heads],
-        _lut_stretches(lut, [g["name"] for g in segments + [final]], where))
+        [u + o for u, o in zip(upsample, overhead)], [g.get("name") for g in heads],
+        _lut_stretches(lut, [g["name"] for g in segments + [final]], where), overhead)
+
+
+def _mean(entry, name, where):
+    """An entry's mean_ms: an expected cost is a mean (tables before mean pricing lack it: re-profile)."""
+    if entry.get("mean_ms") is None:
+        raise MessError("{}: got a latency table without mean_ms (graph {}); expected the mean beside median_ms, "
+                        "which the search prices expected costs with; try re-running mess-edge profile".format(
+                            where, name))
+    return _cost(entry["mean_ms"], "mean_ms", name, where, "mess-edge profile again")
+
+
+def _lut_overhead(lut, head_exit, where):
+    """float [H+1]: the chain's measured overhead per frame leaving at each memo head's exit point, then at the
+    final exit (the lut's "frame_overhead_ms", profile/overhead.py); zeros when the table has none."""
+    over = lut.get("frame_overhead_ms")
+    if over is None:
+        return [0.0] * (len(head_exit) + 1)
+    exits = over.get("exits") if isinstance(over, dict) else None
+    if not isinstance(exits, dict) or any(str(e) not in exits for e in head_exit):
+        raise MessError("{}: got frame_overhead_ms {!r}; expected {{\"final\": ms, \"exits\": {{exit point: ms}}}} "
+                        "covering exit points {}; try mess-edge profile again".format(where, over, sorted(set(head_exit))))
+    return ([_cost(exits[str(e)], "frame_overhead_ms", "exit {}".format(e), where, "mess-edge profile again")
+             for e in head_exit] + [_cost(over.get("final"), "frame_overhead_ms", "final", where,
+                                          "mess-edge profile again")])
 
 
 def _lut_stretches(lut, names, where):
-    """((first, last, median ms), ...) of the lut's optional "stretches" (absent in older tables: none).
+    """((first, last, mean ms), ...) of the lut's optional "stretches" (absent in older tables: none).
 
     ``names``: the backbone graphs in order, the final graph last. An entry's "graphs", when given, must be
     names[first..last]: a table profiled from another export must not lend its stretches to this one.
     """
     out = []
     for e in lut.get("stretches") or []:
-        first, last, ms = e.get("from"), e.get("to"), e.get("median_ms")
+        first, last = e.get("from"), e.get("to")
         if not (isinstance(first, int) and isinstance(last, int) and 0 <= first < last < len(names)
-                and isinstance(ms, (int, float))):
-            raise MessError("{}: got stretch {!r}; expected integers 0 <= from < to <= {} and a median_ms; try "
-                            "mess-edge profile again".format(where, {k: e.get(k) for k in ("from", "to", "median_ms")},
+                and isinstance(e.get("median_ms", e.get("mean_ms")), (int, float))):
+            raise MessError("{}: got stretch {!r}; expected integers 0 <= from < to <= {} and a mean_ms; try "
+                            "mess-edge profile again".format(where, {k: e.get(k) for k in ("from", "to", "mean_ms")},
                                                              len(names) - 1))
         if "graphs" in e and list(e["graphs"]) != names[first:last + 1]:
             raise MessError("{}: got stretch {}..{} of graphs {}; expected {}; try mess-edge profile again on these "
                             "engines".format(where, first, last, e["graphs"], names[first:last + 1]))
-        out.append((first, last, _cost(ms, "median_ms", "stretch {}..{}".format(first, last), where,
-                                       "mess-edge profile again")))
+        out.append((first, last, _mean(e, "stretch {}..{}".format(first, last), where)))
     return out
 
 

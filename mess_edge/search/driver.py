@@ -12,6 +12,7 @@ from mess_edge.naming import exit_label
 from mess_edge.search.optimizer import Objective, search
 from mess_edge.search.inputs import load_search_inputs
 from mess_edge.search.instance import instance_dict
+from mess_edge.search.risk import Promise, controlled_search, promise_dict, promise_line
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class SearchOptions:
     anytime_accuracy: str = "final"  # anytime mIoU: final | min
     pareto_path: Optional[str] = None  # CSV of every design point
     plot_path: Optional[str] = None  # PNG of cost vs mIoU with the Pareto front
+    promise: Optional[str] = None  # "new-images" (risk-controlled) | "calibration"; None: new-images for eq. 5
+    delta: float = 0.1  # new-images: the promise may fail with probability <= delta
 
 
 def _objective(o):
@@ -100,6 +103,22 @@ def plot_pareto(path, result, max_points=200000):
     plt.close(fig)
 
 
+MIN_IMAGES_NEW = 40  # --promise new-images splits the memo's images in two halves of >= 20
+
+
+def _promise(o, objective, n_images=None):
+    """The Promise in force: new-images by default for eq. 5 (calibration for eq. 6 budgets, or memos of fewer
+    than MIN_IMAGES_NEW images, which the promise line then says)."""
+    kind = o.promise
+    if kind is None:
+        small = n_images is not None and n_images < MIN_IMAGES_NEW
+        kind = "new-images" if objective.kind == "min_cost" and not small else "calibration"
+    if kind == "new-images" and objective.kind != "min_cost":
+        raise MessError("got --promise new-images with a cost budget; expected --max-drop or --min-miou (the "
+                        "promise is on mIoU); try --promise calibration")
+    return Promise(kind, delta=o.delta)
+
+
 def summary(result, instance, out_path):
     """The lines `mess-edge search` prints."""
     cfg = result.config
@@ -121,6 +140,8 @@ def summary(result, instance, out_path):
         "calibration mIoU {:.2f} vs final-only {:.2f} ({:+.2f} pp)".format(
             result.miou * 100, result.final_only_miou * 100, (result.miou - result.final_only_miou) * 100),
     ]
+    if instance.get("promise"):
+        lines.append(promise_line(result, instance["promise"]))
     if result.setting == "anytime":
         lines.append("per-exit mIoU    {}".format(" | ".join("{} {:.2f}".format(k, v) for k, v in
                                                            instance["exit_miou"].items())))
@@ -139,17 +160,42 @@ def _objective_text(result):
     return "min cost s.t. mIoU >= {:.2f}".format(result.threshold_miou * 100)
 
 
+def _with_points(result, plain):
+    """``result`` carrying the plain search's design points with the controlled choice marked chosen."""
+    import dataclasses
+
+    pts = plain.points
+    match = [i for i, d in enumerate(pts.descriptions) if d == result.description and pts.costs[i] == result.cost]
+    chosen = match[0] if match else pts.chosen
+    return dataclasses.replace(result, points=dataclasses.replace(pts, chosen=chosen))
+
+
 def run_search(options):
     """Load and check the inputs, search, write the instance (and Pareto CSV / plot); returns the summary text."""
     objective = _objective(options)
     check_outputs([("--out", options.out_path), ("--pareto", options.pareto_path), ("--plot", options.plot_path)],
                   [("--memo", options.memo_path), ("--manifest", options.manifest_path), ("--lut", options.lut_path)])
+    _promise(options, objective)  # bad --promise / --delta before reading any file
     inputs = load_search_inputs(options.memo_path, options.manifest_path, options.lut_path)
+    promise = _promise(options, objective, inputs.memo.n_images)
+    keep_points = bool(options.pareto_path or options.plot_path)
     result = search(inputs.memo, inputs.costs, options.setting, objective, max_exits=options.max_exits,
-                    policy=options.policy, keep_points=bool(options.pareto_path or options.plot_path),
-                    anytime_accuracy=options.anytime_accuracy)
+                    policy=options.policy, keep_points=keep_points, anytime_accuracy=options.anytime_accuracy)
+    report = None
+    if promise.kind == "new-images":
+        plain = result
+        result, report = controlled_search(inputs.memo, inputs.costs, options.setting, objective, promise,
+                                           max_exits=options.max_exits, policy=options.policy,
+                                           anytime_accuracy=options.anytime_accuracy)
+        report["plain_expected_cost"] = plain.cost
+        if plain.points is not None:  # the Pareto CSV / plot mark the controlled choice
+            result = _with_points(result, plain)
     instance = instance_dict(result, inputs.memo, inputs.costs, inputs.memo_sha256, inputs.manifest_sha256,
                              inputs.lut_sha256, inputs.checkpoint_sha256)
+    instance["promise"] = promise_dict(promise.kind, inputs.memo.n_images, report)
+    if options.promise is None and promise.kind == "calibration" and objective.kind == "min_cost":
+        instance["promise"]["why"] = "{} calibration images: new-images needs >= {}".format(
+            inputs.memo.n_images, MIN_IMAGES_NEW)
     write_json_atomic(options.out_path, instance)
     if options.pareto_path:
         write_pareto(options.pareto_path, result.points, result.cost_unit)

@@ -109,7 +109,7 @@ def pareto_mask(costs, mious):
     return mask
 
 
-class _Space:
+class Space:
     """The families of a space, their costs, and the mIoU of the configurations scored so far (global indices)."""
 
     def __init__(self, fams):
@@ -218,7 +218,7 @@ def search(memo, costs, setting, objective, max_exits=None, policy="edge", grid=
     grid = Grid() if grid is None else grid
     ctx = Context(memo, costs, policy, grid, anytime_accuracy)
     max_exits = resolve_max_exits(ctx, setting, max_exits)
-    space = _Space(families(ctx, setting, max_exits))
+    space = Space(families(ctx, setting, max_exits))
     final_miou = float(ctx.head_miou[-1])
     threshold = None
     if objective.kind == "min_cost":
@@ -236,6 +236,13 @@ def search(memo, costs, setting, objective, max_exits=None, policy="edge", grid=
                                 setting, threshold * 100, final_miou * 100, what))
         raise MessError("no {} configuration costs <= {:.4g} {}; the cheapest is {}; try a larger budget".format(
             setting, objective.budget, costs.unit, what))
+    return build_result(ctx, space, best, setting, objective, threshold, max_exits, keep_points, start)
+
+
+def build_result(ctx, space, best, setting, objective, threshold, max_exits, keep_points, start):
+    """The SearchResult of configuration ``best`` (a global index of ``space``, scored) on ctx's memo."""
+    memo, costs, policy, anytime_accuracy = ctx.memo, ctx.costs, ctx.policy, ctx.anytime_accuracy
+    final_miou = float(ctx.head_miou[-1])
     cfg = space.config(best)
     taken = assign_images(memo, cfg, policy)
     exits = list(cfg.heads) + ([memo.n_heads] if cfg.final else [])

@@ -172,6 +172,12 @@ def test_presenter_newest_wins_skips_and_counts():
     got = [i for i, _ in shown]
     assert got == sorted(got) and got[0] == 0 and got[-1] == 29  # the last result is presented at close
     assert all(ms >= 20 for _, ms in shown)  # capture to output includes the write
+    # the stages add up: end_to_end covers present_wait + overlay + output (the slot holds one result, so the
+    # wait is at most one write, never a queue of them)
+    lat = {k: h.summary() for k, h in p.latency.items()}
+    assert lat["present_wait"]["n"] == lat["end_to_end"]["n"] == p.presented
+    assert lat["present_wait"]["max"] < 0.02 * 1e3 * 2.5
+    assert lat["end_to_end"]["mean"] >= lat["present_wait"]["mean"] + lat["overlay"]["mean"] + lat["output"]["mean"] - 0.5
 
 
 def test_presenter_without_newest_wins_presents_every_result_in_order():
@@ -228,7 +234,8 @@ def test_video_end_to_end_matches_reference_without_torch(setup, tmp_path):
     frames = decode(out)
     assert len(frames) == 12 and frames[0].shape == (280, 336, 3)  # 40x48 enlarged 7x for the text
     assert "frames 12 processed of 12 read (0 dropped, 0 corrupt" in r.stdout and "speedup" in r.stdout
-    assert "presented 12 (0 not presented: the presenter was busy), written 12" in r.stdout
+    assert ("presented 12 of 12 (0 not presented: the overlay and writer could not keep up; a live source's "
+            "newest result wins), written 12") in r.stdout
 
 
 def test_realtime_run_whose_presenter_falls_behind_skips_and_accounts_for_every_frame(setup, tmp_path):

@@ -96,21 +96,42 @@ def test_lut_stretches_replace_the_sums_they_measure(files):
     the sum of its pieces (segments 1.0, 2.0; final 4.0); a stretch of other graphs or bad indices is refused."""
     sums = load_search_inputs(files["memo"], files["manifest"], files["lut"]).costs
     assert sums.stretches == () and sums.final_only() == 7.0 and sums.span[1, 3] == 6.0
-    fused = [{"from": 0, "to": 2, "graphs": ["segment_0", "segment_1", "final"], "median_ms": 6.2},
-             {"from": 1, "to": 2, "median_ms": 5.5}]  # "graphs" optional
+    fused = [{"from": 0, "to": 2, "graphs": ["segment_0", "segment_1", "final"], "median_ms": 6.0, "mean_ms": 6.2},
+             {"from": 1, "to": 2, "median_ms": 5.3, "mean_ms": 5.5}]  # "graphs" optional
     rewrite(files["lut"], lambda lut: lut.update(stretches=fused))
     costs = load_search_inputs(files["memo"], files["manifest"], files["lut"]).costs
     assert costs.stretches == ((0, 2, 6.2), (1, 2, 5.5))
     assert (costs.final_only(), costs.span[1, 3], costs.span[0, 2]) == (6.2, 5.5, 3.0)  # span[0, 2]: still a sum
     assert (costs.segment.tolist(), costs.final) == ([1.0, 2.0], 4.0)
-    for bad, match in [({"from": 0, "to": 1, "graphs": ["segment_1", "final"], "median_ms": 1.0},
+    for bad, match in [({"from": 0, "to": 1, "graphs": ["segment_1", "final"], "mean_ms": 1.0},
                         r"got stretch 0..1 of graphs \['segment_1', 'final'\]; expected \['segment_0', 'segment_1'\]"),
-                       ({"from": "0", "to": 2, "median_ms": 1.0}, "expected integers 0 <= from < to <= 2"),
-                       ({"from": 1, "to": 3, "median_ms": 1.0}, "expected integers 0 <= from < to <= 2"),
-                       ({"from": 0, "to": 1}, "and a median_ms")]:
+                       ({"from": "0", "to": 2, "mean_ms": 1.0}, "expected integers 0 <= from < to <= 2"),
+                       ({"from": 1, "to": 3, "mean_ms": 1.0}, "expected integers 0 <= from < to <= 2"),
+                       ({"from": 0, "to": 1}, "and a mean_ms"),
+                       ({"from": 0, "to": 1, "median_ms": 1.0}, "without mean_ms.*re-running mess-edge profile")]:
         rewrite(files["lut"], lambda lut: lut.update(stretches=[bad]))
         with pytest.raises(MessError, match=match):
             load_search_inputs(files["memo"], files["manifest"], files["lut"])
+
+
+def test_lut_prices_means_and_the_chain_overhead_per_exit_taken(files):
+    """An expected cost is a mean: the search reads mean_ms, not median_ms. The lut's frame_overhead_ms is paid
+    once per image at the exit it takes (exits by exit point), so it lands in upsample, final-only included."""
+    def skew(lut):  # medians stay; means rise by 10 %
+        for e in lut["segments"] + lut["heads"] + lut["upsamples"] + [lut["final"]]:
+            e["mean_ms"] = round(e["median_ms"] * 1.1, 6)
+        lut["frame_overhead_ms"] = {"final": 0.25, "exits": {"0": 0.5, "1": 0.75}}
+
+    rewrite(files["lut"], skew)
+    costs = load_search_inputs(files["memo"], files["manifest"], files["lut"]).costs
+    assert costs.segment.tolist() == [1.1, 2.2] and costs.final == 4.4
+    memo_exits = [int(e) for e in load_search_inputs(files["memo"], files["manifest"]).memo.head_exit]
+    want = [(0.055 if e == 0 else 0.033) + (0.5, 0.75)[e] for e in memo_exits] + [0.25]
+    assert costs.overhead == tuple([(0.5, 0.75)[e] for e in memo_exits] + [0.25])
+    assert np.allclose(costs.upsample, want) and costs.final_only() == pytest.approx(1.1 + 2.2 + 4.4 + 0.25)
+    rewrite(files["lut"], lambda lut: lut.update(frame_overhead_ms={"final": 0.25, "exits": {"0": 0.5}}))
+    with pytest.raises(MessError, match=r"frame_overhead_ms .* covering exit points \[0, 1\]; try mess-edge profile"):
+        load_search_inputs(files["memo"], files["manifest"], files["lut"])
 
 
 def rewrite(path, edit):
@@ -143,7 +164,7 @@ def test_lut_of_another_manifest_or_missing_a_head_is_refused(files):
     with open(files["manifest"]) as f:
         manifest = json.load(f)
     write_json_atomic(files["lut"], make_lut(manifest, sha256_file(files["manifest"]), drop="head_e0_c0b0r1h0"))
-    with pytest.raises(MessError, match=r"lut .*lut.json and manifest .*manifest.json: got no median_ms for graph "
+    with pytest.raises(MessError, match=r"lut .*lut.json and manifest .*manifest.json: got no mean_ms for graph "
                                         r"head_e0_c0b0r1h0"):
         load_search_inputs(files["memo"], files["manifest"], files["lut"])
 
