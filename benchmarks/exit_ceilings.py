@@ -170,7 +170,7 @@ def eq7_split(cal, test, h, drop):
 def analyse(p, data, n_images):
     import numpy as np
 
-    from mess_edge.search.memo import load_memo
+    from mess_edge.search.memo import load_memo, miou_from_stats
 
     cal, test = load_memo(p["memo"]), load_memo(p["test_memo"])
     agree, _ = agreement(p, data, n_images)
@@ -178,7 +178,7 @@ def analyse(p, data, n_images):
     st = test.stats(np.float64)[:, :n]
     correct = np.trace(test.confusion[:, :n], axis1=2, axis2=3).astype(np.float64)
     leave_ms, pass_ms, final_ms = head_costs(p, test)
-    final_miou = float(__import__("mess_edge.search.memo", fromlist=["x"]).miou_from_stats(st[-1].sum(0)))
+    final_miou = float(miou_from_stats(st[-1].sum(0)))
     rows, per_head = [], []
     for h in range(test.n_heads):
         per_head.append({"head": test.head_label(h), "agreement": float(agree[h].mean()),
@@ -192,8 +192,7 @@ def analyse(p, data, n_images):
         for h in range(test.n_heads):
             for policy in POLICIES:
                 if policy == "eq7":
-                    sub_cal = cal
-                    f, miou, th_pix, th_img, f_cal = eq7_split(sub_cal, _head_view(test, n), h, drop)
+                    f, miou, th_pix, th_img, f_cal = eq7_split(cal, _head_view(test, n), h, drop)
                 else:
                     key = -agree[h] if policy == "teacher" else (correct[h] - correct[-1])
                     order = np.argsort(-key if policy == "label-aware" else key, kind="stable")

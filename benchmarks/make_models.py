@@ -42,6 +42,7 @@ def _cli(*args, capture=False):
 
 def make(name, work):
     from mess_edge.artifacts import sha256_file, write_json_atomic
+    from mess_edge.assets.make_checkpoint import _ship_without_optimizer
     from mess_edge.runtime.device import cpu_model
 
     stage1_recipe, stage2_recipe = MODELS[name]
@@ -78,17 +79,6 @@ def make(name, work):
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
         "test_miou": ev, "sha256": sha256_file(dst), "date": time.strftime("%Y-%m-%d")})
     print("wrote {} ({:.0f} s stage 1, {:.0f} s stage 2)".format(dst, t1 - t0, t2 - t1), flush=True)
-
-
-def _ship_without_optimizer(src, dst):
-    import torch
-
-    from mess_edge.artifacts import atomic_path
-
-    ck = torch.load(src, map_location="cpu", weights_only=True)
-    ck["optimizer"] = None
-    with atomic_path(dst) as tmp:
-        torch.save(ck, tmp)
 
 
 def main(names):
