@@ -14,7 +14,6 @@ drop of final-only on the calibration memo, as speedup in MACs over final-only; 
 """
 
 import argparse
-import json
 import os
 import sys
 

@@ -7,9 +7,10 @@ half_pixel weights, clamped at the border like Resize). The MatMul form does ~h/
 but runs through ONNX Runtime's GEMM. This script times both on onnxruntime (CPU) side by side, interleaved,
 on fresh random logits, and counts label disagreements (float rounding only: ties of the argmax).
 
-Not used by the export: it is a candidate for the ONNX Runtime CPU path only (TensorRT has a native resize
-layer), worth 0.07-0.25 ms of a 2-4 ms frame at the presets' 16x16 -> 128x128 (Resize itself takes 0.27 or
-0.42 ms from one run to the next there) and 1.3-1.6 ms at 32x32 -> 256x256.
+The export uses the MatMul form by default (``mess-edge export --label-map matmul``, matrices from
+``mess_edge/export/label_map.py``; ``--label-map resize`` keeps Resize): worth 0.07-0.25 ms of a 2-4 ms frame
+at the presets' 16x16 -> 128x128 (Resize itself takes 0.27 or 0.42 ms from one run to the next there) and
+1.3-1.6 ms at 32x32 -> 256x256.
 
     python benchmarks/upsample_forms.py [--threads 2] [--seconds 3]
 """
@@ -22,22 +23,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._common import save  # noqa: E402
+from mess_edge.export.label_map import interpolation_matrix  # noqa: E402
 
 SHAPES = ((11, 16, 128), (11, 8, 128), (21, 32, 256), (19, 32, 512), (19, 64, 512))  # (classes, h = w, H = W)
-
-
-def interpolation_matrix(n, size):
-    """float32 [size, n]: row i holds the half_pixel bilinear weights of output i over the n inputs."""
-    import numpy as np
-
-    a = np.zeros((size, n), np.float32)
-    for i in range(size):
-        x = min(max((i + 0.5) * n / size - 0.5, 0.0), n - 1.0)
-        x0 = int(np.floor(x))
-        x1, f = min(x0 + 1, n - 1), x - x0
-        a[i, x0] += 1.0 - f
-        a[i, x1] += f
-    return a
 
 
 def graphs(c, n, size):

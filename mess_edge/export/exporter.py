@@ -20,6 +20,7 @@ from mess_edge.confidence import DEFAULT_TH_PIX
 from mess_edge.data.voc import IMAGENET_MEAN, IMAGENET_STD
 from mess_edge.errors import MessError
 from mess_edge.export import graphs
+from mess_edge.export.label_map import DEFAULT_LABEL_MAP, LABEL_MAP_FORMS
 from mess_edge.model.macs import macs_of
 
 OPSET = 17
@@ -49,13 +50,18 @@ def _ort_session(path):
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
-def export_checkpoint(ckpt_path, out_dir, log=print):
-    """Export every graph of a checkpoint into ``out_dir`` (replaced atomically); returns the manifest dict."""
+def export_checkpoint(ckpt_path, out_dir, log=print, label_map=DEFAULT_LABEL_MAP):
+    """Export every graph of a checkpoint into ``out_dir`` (replaced atomically); returns the manifest dict.
+
+    ``label_map``: how the final, monolithic and upsample graphs upsample logits to the label map, "matmul"
+    (two MatMuls, the default: faster on ONNX Runtime's CPU path) or "resize" (ONNX Resize); label_map.py."""
     import onnx
 
     from mess_edge.train.checkpoint import build_model, load_checkpoint
     from mess_edge.train.data import class_names
 
+    if label_map not in LABEL_MAP_FORMS:
+        raise MessError("got --label-map {!r}; expected one of {}".format(label_map, ", ".join(LABEL_MAP_FORMS)))
     check_output_folder(out_dir)
     ckpt = load_checkpoint(ckpt_path)
     net = build_model(ckpt).eval()
@@ -68,13 +74,13 @@ def export_checkpoint(ckpt_path, out_dir, log=print):
     os.makedirs(parent, exist_ok=True)
     tmp = make_temp_dir(parent, ".onnx-")
     try:
-        manifest = _export_all(net, heads, hw, tmp, log, onnx)
+        manifest = _export_all(net, heads, hw, tmp, log, onnx, label_map)
         manifest["parity"]["tolerance"] = dict(PARITY_TOLERANCE)
         check_parity(manifest, ckpt_path)
         manifest.update({
             "format": FORMAT, "preset": net.preset_name, "num_classes": net.num_classes,
             "classes": class_names(ckpt["train_config"].get("data", ""), net.num_classes),
-            "input_hw": list(hw), "opset": OPSET,
+            "input_hw": list(hw), "opset": OPSET, "label_map": label_map,
             "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "order": "RGB",
                               "scale": 255.0},
             "checkpoint": os.path.abspath(ckpt_path), "checkpoint_sha256": sha256_file(ckpt_path),
@@ -105,7 +111,7 @@ def check_parity(manifest, ckpt_path):
                                                                           tol["min_label_agreement"]))
 
 
-def _export_all(net, heads, hw, out, log, onnx):
+def _export_all(net, heads, hw, out, log, onnx, label_map=DEFAULT_LABEL_MAP):
     gen = torch.Generator().manual_seed(0)
     image = torch.randn(1, 3, hw[0], hw[1], generator=gen)
     th = torch.tensor([DEFAULT_TH_PIX])
@@ -119,14 +125,17 @@ def _export_all(net, heads, hw, out, log, onnx):
     for k, arch in heads:
         specs.append(("head_e{}_{}".format(k, arch.name), "head", {"exit": k, "arch": arch.to_dict()},
                       graphs.gated_head(net, k, arch), (feats[k], th), ["feat", "th_pix"], ["logits", "confidence"]))
-    specs.append(("final", "final", {}, graphs.FinalPath(net), (feats[n_early - 1],), ["feat"], ["labels"]))
     with torch.no_grad():
         native = {tuple(net.forward_exit(k, a, feats[k]).shape[-2:]) for k, a in heads}
+        final_hw = tuple(net.forward_final_head(feats[-1]).shape[-2:])
+    specs.append(("final", "final", {}, graphs.FinalPath(net, logits_hw=final_hw, form=label_map),
+                  (feats[n_early - 1],), ["feat"], ["labels"]))
     for h, w in sorted(native):
         logits = torch.randn(1, net.num_classes, h, w, generator=gen)
-        specs.append(("upsample_{}x{}".format(h, w), "upsample", {"logits_hw": [h, w]}, graphs.Upsample(hw),
-                      (logits,), ["logits"], ["labels"]))
-    specs.append(("monolithic", "monolithic", {}, graphs.Monolithic(net), (image,), ["image"], ["labels"]))
+        specs.append(("upsample_{}x{}".format(h, w), "upsample", {"logits_hw": [h, w]},
+                      graphs.Upsample((h, w), hw, label_map), (logits,), ["logits"], ["labels"]))
+    specs.append(("monolithic", "monolithic", {}, graphs.Monolithic(net, final_hw, label_map), (image,), ["image"],
+                  ["labels"]))
 
     entries, worst = [], 0.0
     for i, (name, role, extra, module, args, in_names, out_names) in enumerate(specs):

@@ -9,7 +9,34 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from mess_edge.export.label_map import DEFAULT_LABEL_MAP, LABEL_MAP_FORMS, interpolation_matrix
 from mess_edge.model.gate import HeadWithGate
+
+
+class LabelMap(nn.Module):
+    """Native logits [1, C, h, w] -> label map int32 [1, H, W]: bilinear (align_corners=False), argmax.
+
+    ``form`` "matmul" (default): ``A_h @ logits @ A_w^T`` with constant interpolation matrices (label_map.py),
+    two MatMuls in the graph; "resize": ``F.interpolate``, one Resize node. Same values up to float rounding.
+    """
+
+    def __init__(self, logits_hw, out_hw, form=DEFAULT_LABEL_MAP):
+        super().__init__()
+        if form not in LABEL_MAP_FORMS:
+            raise ValueError("label-map form {!r}; expected one of {}".format(form, LABEL_MAP_FORMS))
+        self.form, self.out_hw = form, tuple(int(v) for v in out_hw)
+        if form == "matmul":
+            (h, w), (oh, ow) = logits_hw, self.out_hw
+            self.register_buffer("a_h", torch.from_numpy(interpolation_matrix(int(h), oh)))
+            self.register_buffer("a_wt", torch.from_numpy(interpolation_matrix(int(w), ow).T.copy()))
+
+    def upsample(self, logits):
+        if self.form == "matmul":
+            return torch.matmul(self.a_h, torch.matmul(logits, self.a_wt))
+        return F.interpolate(logits, size=self.out_hw, mode="bilinear", align_corners=False)
+
+    def forward(self, logits):
+        return self.upsample(logits).argmax(dim=1).to(torch.int32)
 
 
 class Segment(nn.Module):
@@ -37,40 +64,33 @@ class FinalPath(nn.Module):
     ``labels=False`` gives the native logits instead, for the export self-check only.
     """
 
-    def __init__(self, net, labels=True):
+    def __init__(self, net, labels=True, logits_hw=None, form=DEFAULT_LABEL_MAP):
         super().__init__()
         self.net = net
         self.labels = labels
+        if labels:
+            self.label_map = LabelMap(logits_hw, net.input_hw, form)
 
     def forward(self, feat):
         logits = self.net.forward_final_head(self.net.forward_segment(self.net.n_segments - 1, feat))
-        if not self.labels:
-            return logits
-        up = F.interpolate(logits, size=self.net.input_hw, mode="bilinear", align_corners=False)
-        return up.argmax(dim=1).to(torch.int32)
+        return self.label_map(logits) if self.labels else logits
 
 
-class Upsample(nn.Module):
-    """Native logits -> label map at the input size (bilinear, align_corners=False, argmax), int32.
+class Upsample(LabelMap):
+    """An exit head's native logits -> label map at the input size, int32 (a LabelMap graph of its own).
 
     Run only for the exit an image takes: no head upsamples before the exit decision.
     """
 
-    def __init__(self, hw):
-        super().__init__()
-        self.hw = tuple(int(v) for v in hw)
-
-    def forward(self, logits):
-        up = F.interpolate(logits, size=self.hw, mode="bilinear", align_corners=False)
-        return up.argmax(dim=1).to(torch.int32)
-
 
 class Monolithic(nn.Module):
-    """The original single-exit network (the final-only baseline): image -> label map, int32."""
+    """The original single-exit network (the final-only baseline): image -> label map, int32, with the same
+    label-map form as the chain's graphs, so the baseline is not slowed by a slower upsample."""
 
-    def __init__(self, net):
+    def __init__(self, net, logits_hw, form=DEFAULT_LABEL_MAP):
         super().__init__()
         self.net = net
+        self.label_map = LabelMap(logits_hw, net.input_hw, form)
 
     def forward(self, image):
-        return self.net(image).argmax(dim=1).to(torch.int32)
+        return self.label_map(self.net.final_head(self.net.backbone(image)))

@@ -319,8 +319,9 @@ def _time_in_chain(engines, config, rng, fused):
             return x
 
         def frame(stretches, chosen, leave, record):
+            x = image  # the first stretch reads the image, each later one the feature before it
             for j, (a, b) in enumerate(stretches):
-                x = stretch(a, b, image if a == 0 else x, record)
+                x = stretch(a, b, x, record)
                 if b < n:
                     logits = call(chosen[b]["name"], {"feat": x, "th_pix": th}, "logits", record)
                     if j == leave:  # the image leaves here: its labels, and the frame ends

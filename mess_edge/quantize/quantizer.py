@@ -19,8 +19,8 @@ deployed INT8 chain hands it, errors of earlier segments included.
 
 What stays fp32 (both precisions): in every head the confidence gate, i.e. every node downstream of the
 ``logits`` output (softmax-free top-1, pools, threshold, votes: the exit decision must compare the same numbers
-the memo saw), and in the final / monolithic graphs the label-map path after the last convolution (Resize,
-ArgMax, Cast); upsample graphs (no weights) are copied unchanged. The logits themselves come from a quantized
+the memo saw), and in the final / monolithic graphs the label-map path after the last convolution (the
+upsample's two MatMuls or Resize, ArgMax, Cast); upsample graphs (no weights) are copied unchanged. The logits themselves come from a quantized
 convolution: that is the accuracy the device has, and what ``calibrate --engines`` measures.
 """
 
@@ -32,7 +32,9 @@ from mess_edge.artifacts import check_output_folder, replace_folder, sha256_file
 from mess_edge.errors import MessError
 
 GRAPH_PRECISIONS = ("int8", "fp16")
-WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# The label-map path starts after the last convolution: the export's MatMul upsample (label_map.py) carries
+# constant matrices but is interpolation, not a layer to quantize.
+CONV_OPS = ("Conv", "ConvTranspose")
 CALIB_METHODS = ("minmax", "entropy", "percentile")
 
 
@@ -53,7 +55,8 @@ def _named(model):
 
 def fp32_nodes(model, role):
     """Names of the nodes kept in fp32: a head's gate (downstream of ``logits``), the label-map path of final /
-    monolithic graphs (from the last weighted op's output to ``labels``). Other roles: none."""
+    monolithic graphs (every node after the last convolution: Resize or the two upsample MatMuls, ArgMax,
+    Cast). Other roles: none."""
     nodes = list(model.graph.node)
     if role == "head":
         reached, keep = {"logits"}, []
@@ -63,7 +66,7 @@ def fp32_nodes(model, role):
                 reached.update(node.output)
         return keep
     if role in ("final", "monolithic"):
-        last = max((k for k, n in enumerate(nodes) if n.op_type in WEIGHTED_OPS), default=-1)
+        last = max((k for k, n in enumerate(nodes) if n.op_type in CONV_OPS), default=-1)
         return [n.name for n in nodes[last + 1:]]
     return []
 

@@ -88,8 +88,6 @@ class Overlay(object):
         self._key = None
 
     def _buffers(self, frame_hw, labels_hw):
-        import cv2
-
         key = (frame_hw, labels_hw)
         if self._key == key:
             return

@@ -56,6 +56,35 @@ def test_export_parity_targets(exported):
     assert chain["final_label_agreement"] >= 0.9999 and chain["monolithic_label_agreement"] >= 0.9999
 
 
+def test_label_map_is_two_matmuls_kept_fp32_by_quantize(exported, tmp_path):
+    from mess_edge.quantize.quantizer import _named, fp32_nodes, quantize_folder
+
+    out, m = exported
+    assert m["label_map"] == "matmul"
+    for name in ("final", "monolithic", "upsample_8x8"):
+        ops = [n.op_type for n in onnx.load(os.path.join(out, name + ".onnx")).graph.node]
+        assert ops[-4:] == ["MatMul", "MatMul", "ArgMax", "Cast"] and "Resize" not in ops, (name, ops)
+    final = _named(onnx.load(os.path.join(out, "final.onnx")))
+    kept = set(fp32_nodes(final, "final"))
+    assert [n.op_type for n in final.graph.node if n.name in kept] == ["MatMul", "MatMul", "ArgMax", "Cast"]
+    import cv2
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        cv2.imwrite(str(calib / "{}.png".format(i)), rng.integers(0, 256, (64, 64, 3)).astype(np.uint8))
+    q = quantize_folder(out, "int8", str(tmp_path / "int8"), str(calib), max_images=4)
+    assert {g["name"]: g["fp32_nodes"] for g in q["graphs"]}["final"] == 4
+    qfinal = onnx.load(str(tmp_path / "int8" / "final.onnx")).graph
+    fp32_consts = {i.name for i in qfinal.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    matmuls = [n for n in qfinal.node if n.op_type == "MatMul"]
+    # the interpolation matrices stay fp32 initializers (no Q/DQ pair), and nothing re-quantizes the upsample
+    assert len(matmuls) == 2 and all(any(i in fp32_consts for i in n.input) for n in matmuls)
+    consumers = {i: n.op_type for n in qfinal.node for i in n.input}
+    assert all(consumers.get(n.output[0]) != "QuantizeLinear" for n in matmuls)
+
+
 def test_graphs_are_tensorrt_8_friendly(exported):
     out, m = exported
     for g in m["graphs"]:
