@@ -35,6 +35,31 @@ from benchmarks._common import RESULTS, ROOT, cli, save  # noqa: E402
 
 DROPS = (0.1, 0.25, 0.5, 1.0, 2.0)
 POLICIES = ("eq7", "teacher", "label-aware")
+# issue 13's targets (speedup at a drop budget), by model family
+TARGETS = {"cpu-mbv2": {1.0: 1.25, 0.1: 1.1}, "cpu-drn": {1.0: 1.4, 0.1: 1.1}}
+
+
+def targets_of(model):
+    return next((t for prefix, t in TARGETS.items() if model.startswith(prefix)), {})
+
+
+def what_is_left(row, target):
+    """Where a target is missed at one budget, the parts in numbers: calibration margin (eq. 7 cut on test minus
+    the deployed eq. 7), policy ranking (teacher minus eq. 7 cut on test), and the exits (the teacher's own gap
+    to the target: the share of images that would have to leave at the teacher's exit cost, or the exit-path cost
+    that its share would need)."""
+    b = row["best"]
+    t = b["teacher"]
+    out = {"target": target, "eq7": b["eq7"]["speedup"], "eq7_test_cut": b["eq7"].get("test_cut_speedup", 1.0),
+           "teacher": t["speedup"], "label_aware": b["label-aware"]["speedup"], "teacher_head": t["head"],
+           "teacher_leave_share": t["leave_share"], "teacher_cost_ratio": t.get("cost_ratio"),
+           "need_share_at_this_cost": None, "need_cost_at_this_share": None}
+    c, q, f = t.get("cost_ratio"), t.get("pass_ratio"), t["leave_share"]
+    if c is not None and c < q:
+        out["need_share_at_this_cost"] = (1.0 / target - q) / (c - q)
+    if c is not None and f > 0:
+        out["need_cost_at_this_share"] = (1.0 / target - (1 - f) * q) / f
+    return out
 
 
 def prepare(model, data, work, profile_seconds):
@@ -159,12 +184,16 @@ def eq7_split(cal, test, h, drop):
         if best is None or k > best[0]:
             best = (k, j, th_img)
     if best is None:
-        return 0.0, float(test.head_miou()[-1]), None, None, 0.0
+        return 0.0, float(test.head_miou()[-1]), None, None, 0.0, 0.0
     _, j, th_img = best
-    leave = test.image_confidence("edge", j)[h] >= th_img
+    conf = test.image_confidence("edge", j)[h]
+    leave = conf >= th_img
     taken = np.where(leave, h, test.n_heads)
     miou = float(miou_from_stats(st[taken, np.arange(test.n_images)].sum(0)))
-    return float(leave.mean()), miou, float(cal.hist_bins[j]), th_img, best[0] / cal.n_images
+    # the same ranking cut on the test split itself: what eq. 7 gives without a calibration margin
+    k_test, _ = _best_cut(np.argsort(-conf, kind="stable"), st[h], st[test.n_heads],
+                          float(test.head_miou()[-1]) - drop / 100.0)
+    return float(leave.mean()), miou, float(cal.hist_bins[j]), th_img, best[0] / cal.n_images, k_test / test.n_images
 
 
 def analyse(p, data, n_images):
@@ -192,7 +221,7 @@ def analyse(p, data, n_images):
         for h in range(test.n_heads):
             for policy in POLICIES:
                 if policy == "eq7":
-                    f, miou, th_pix, th_img, f_cal = eq7_split(cal, _head_view(test, n), h, drop)
+                    f, miou, th_pix, th_img, f_cal, f_test_cut = eq7_split(cal, _head_view(test, n), h, drop)
                 else:
                     key = -agree[h] if policy == "teacher" else (correct[h] - correct[-1])
                     order = np.argsort(-key if policy == "label-aware" else key, kind="stable")
@@ -204,12 +233,43 @@ def analyse(p, data, n_images):
                 if policy == "eq7":  # the head is chosen by its calibration-split speedup, never by test
                     r["cal_speedup"] = final_ms / (f_cal * leave_ms[h] + (1 - f_cal) * pass_ms[h])
                     r["over_budget"] = r["test_drop_pp"] > drop + 1e-9
+                    r["test_cut_speedup"] = (final_ms / (f_test_cut * leave_ms[h] + (1 - f_test_cut) * pass_ms[h])
+                                             if f_test_cut > 0 else 1.0)
+                r["cost_ratio"], r["pass_ratio"] = float(leave_ms[h] / final_ms), float(pass_ms[h] / final_ms)
                 key = "cal_speedup" if policy == "eq7" else "speedup"
                 if r[key] > best[policy].get(key, 1.0):
                     best[policy] = r
         rows.append({"drop_pp": drop, "best": best})
     return {"final_test_miou": final_miou * 100, "final_ms": final_ms, "images": n, "per_drop": rows,
             "per_head": per_head}
+
+
+def add_left(name, r):
+    """r["left"]: what_is_left at every budget issue 13 sets a target for."""
+    r["left"] = {str(d): what_is_left(next(row for row in r["per_drop"] if row["drop_pp"] == d), t)
+                 for d, t in sorted(targets_of(name).items())}
+    return r
+
+
+def _left_lines(left):
+    lines = ["What is left to the targets (predicted from the table; eq7 cut on test = the same ranking without "
+             "the calibration margin):", "",
+             "| budget (pp) | target | eq7 (deployed) | eq7 cut on test | teacher | calibration margin | policy "
+             "ranking | exits: share leaving at the teacher's head, needed | exits: its path cost / final, needed |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for d, x in left.items():
+        share = x["need_share_at_this_cost"]
+        cost = x["need_cost_at_this_share"]
+        lines.append("| {} | {:.2f}x | {:.3f}x | {:.3f}x | {:.3f}x | {:+.3f}x | {:+.3f}x | {} | {} |".format(
+            d, x["target"], x["eq7"], x["eq7_test_cut"], x["teacher"], x["eq7_test_cut"] - x["eq7"],
+            x["teacher"] - x["eq7_test_cut"],
+            "{:.0%} at {}, {}".format(x["teacher_leave_share"], x["teacher_head"], "met" if x["teacher"] >=
+                                      x["target"] else ("{:.0%}".format(share) if share is not None and share <= 1
+                                                        else "more than all images")),
+            "-" if x["teacher_cost_ratio"] is None else "{:.2f}, {}".format(
+                x["teacher_cost_ratio"], "met" if x["teacher"] >= x["target"] else (
+                    "{:.2f}".format(cost) if cost is not None and cost > 0 else "below zero: unreachable"))))
+    return lines + [""]
 
 
 def _head_view(memo, n):
@@ -240,7 +300,8 @@ def markdown(results):
                 row["drop_pp"], b["eq7"]["speedup"], "*" if b["eq7"].get("over_budget") else "",
                 "{:.0f}%".format(100 * (b["eq7"]["speedup"] - 1) / gain) if gain > 1e-6 else "-",
                 b["teacher"]["speedup"], b["label-aware"]["speedup"], b["eq7"]["head"], b["eq7"]["test_drop_pp"]))
-        lines += ["", "Per head: agreement with the final exit against cost (exit path / final path):", "",
+        lines += [""] + (_left_lines(r["left"]) if r.get("left") else [])
+        lines += ["Per head: agreement with the final exit against cost (exit path / final path):", "",
                   "| head | test mIoU | pixels agreeing | images >= 99% agreeing | cost ratio |", "|---|---|---|---|---|"]
         for h in sorted(r["per_head"], key=lambda h: -h["images_99"] / h["cost_ratio"])[:12]:
             lines.append("| {} | {:.1f} | {:.2f}% | {:.1f}% | {:.2f} |".format(
@@ -284,7 +345,7 @@ def main():
     results = {}
     for m in models:
         p = prepare(m, a.data, os.path.join(ROOT, "runs", "ceilings", m), a.profile_seconds)
-        results[m] = analyse(p, a.data, a.images)
+        results[m] = add_left(m, analyse(p, a.data, a.images))
     os.makedirs(RESULTS, exist_ok=True)
     plot(results, os.path.join(RESULTS, "exit_ceilings.png"))
     save("exit_ceilings", {"models": results, "drops_pp": list(DROPS)}, markdown(results))

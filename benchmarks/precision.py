@@ -1,16 +1,17 @@
 """Precision on the device: mIoU per exit and per precision, latency per precision on ONNX Runtime (CPU), and
 the instance searched on each precision's memo, replayed on that precision's test split.
 
-Model: the shipped stage-1 checkpoint (mess_edge/assets/cpu-mbv2-stage1.pt) plus a short stage 2 (the demo's
-recipe, cut to ``--stage2-steps`` steps on this shared 2-core machine), exported, then
+Model: a committed benchmark model (``--model``, default cpu-mbv2-e8: benchmarks/models/<name>/stage2.pt, made by
+benchmarks/make_models.py), or with ``--model short`` the shipped stage-1 checkpoint plus ``--stage2-steps``
+steps of the demo's stage 2; exported, then
 ``mess-edge quantize --precision int8`` (calibrated on the cal split) and ``--precision fp16``. Each folder is
 built for ORT, profiled, and memoised on the cal and test splits by ``calibrate --engines`` (the deployed
 graphs at their precision); PyTorch FP32 is ``calibrate CKPT``. Searches: input-dependent, --max-drop on each
-cal memo with that precision's latency table; the drop that matters is measured on the test memo of the same
-precision. Latency: the final-only path (chain of segments -> final; and the monolithic graph) of every
+cal memo with that precision's latency table, with search's default promise (new images, Learn-then-Test,
+delta 0.1); the drop that matters is measured on the test memo of the same precision. Latency: the final-only path (chain of segments -> final; and the monolithic graph) of every
 precision timed in one process, interleaved round by round: only the ratios mean something here.
 
-    python benchmarks/precision.py --work runs/precision        # reuses what exists in --work
+    python benchmarks/precision.py [--model cpu-mbv2-e8]     # reuses what exists in runs/precision-<model>
 """
 
 import argparse
@@ -28,10 +29,14 @@ QUANTIZE = {"int8": ("--precision", "int8"), "int8u8": ("--precision", "int8", "
             "fp16": ("--precision", "fp16")}
 
 
-def prepare(work, n_eval, stage2_steps, calib_images, log):
+def prepare(work, model, n_eval, stage2_steps, calib_images, log):
     """Everything the tables read, made once (reused when present)."""
     data, ckpt = os.path.join(work, "data"), os.path.join(work, "stage2.pt")
-    if not os.path.isdir(data):
+    if model != "short":
+        ckpt = os.path.join(ROOT, "benchmarks", "models", model, "stage2.pt")
+        if not os.path.isfile(ckpt):
+            sys.exit("no benchmark model {}: run python benchmarks/make_models.py {}".format(ckpt, model))
+    if not os.path.isdir(data):  # the generator's defaults: the data the benchmark models were trained on
         log("data"), cli("data", "digitscenes", "--out", data, "--n-train", 2000, "--n-cal", 500, "--n-test", 500)
     if not os.path.isfile(ckpt):
         from mess_edge.demo import SHIPPED_STAGE1
@@ -125,8 +130,10 @@ def latency(paths, rounds, seconds):
 
 
 def searches(paths, max_drop_pp):
-    """The input-dependent instance searched on each cal memo, replayed on the test memo of the same source."""
-    from mess_edge.search import Objective, instance_dict, load_search_inputs, search, simulate
+    """The input-dependent instance searched on each cal memo (search's default promise: new images,
+    Learn-then-Test, delta 0.1), replayed on the test memo of the same source."""
+    from mess_edge.search import Objective, instance_dict, load_search_inputs, simulate
+    from mess_edge.search.risk import Promise, controlled_search
 
     rows = {}
     for src in ("torch",) + PRECISIONS:
@@ -134,7 +141,8 @@ def searches(paths, max_drop_pp):
         manifest = os.path.join(paths["onnx"][p], "manifest.json")
         cal = load_search_inputs(paths["memos"][src, "cal"], manifest, paths["luts"][p])
         test = load_search_inputs(paths["memos"][src, "test"], manifest, paths["luts"][p])
-        res = search(cal.memo, cal.costs, "input-dependent", Objective(max_drop=max_drop_pp / 100.0))
+        res, _ = controlled_search(cal.memo, cal.costs, "input-dependent", Objective(max_drop=max_drop_pp / 100.0),
+                                   Promise("new-images"))
         inst = instance_dict(res, cal.memo, cal.costs)
         sim = simulate(test.memo, inst, test.costs)
         final_test = float(100 * test.memo.head_miou()[-1])
@@ -175,7 +183,8 @@ def markdown(payload):
             p, lat[p]["final_only_chain_ms"], lat[p]["monolithic_ms"],
             lat["fp32"]["final_only_chain_ms"] / lat[p]["final_only_chain_ms"],
             lat["fp32"]["monolithic_ms"] / lat[p]["monolithic_ms"]))
-    lines += ["", "Instance searched on each cal memo (input-dependent, max drop {} pp, that precision's lut), "
+    lines += ["", "Instance searched on each cal memo (input-dependent, max drop {} pp, promise on new images with "
+              "probability >= 0.9 (Learn-then-Test), that precision's lut), "
               "replayed on the same precision's test memo (speedup: an estimate from the lut):".format(
                   payload["max_drop_pp"]), "",
               "| memo | instance | cal mIoU | test mIoU | test final | test drop pp | meets drop | est. speedup |",
@@ -190,8 +199,9 @@ def markdown(payload):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", default=os.path.join(ROOT, "runs", "precision"))
-    ap.add_argument("--n-eval", type=int, default=100, help="cal and test images memoised")
+    ap.add_argument("--model", default="cpu-mbv2-e8", help="a model under benchmarks/models/, or 'short'")
+    ap.add_argument("--work", default=None, help="default runs/precision-<model>")
+    ap.add_argument("--n-eval", type=int, default=500, help="cal and test images memoised")
     ap.add_argument("--stage2-steps", type=int, default=8)
     ap.add_argument("--calib-images", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=5)
@@ -199,12 +209,14 @@ def main():
     ap.add_argument("--max-drop", type=float, default=1.0, help="pp")
     a = ap.parse_args()
     t0 = time.time()
-    paths = prepare(a.work, a.n_eval, a.stage2_steps, a.calib_images, lambda s: print("..", s, flush=True))
+    work = a.work or os.path.join(ROOT, "runs", "precision-" + a.model)
+    paths = prepare(work, a.model, a.n_eval, a.stage2_steps, a.calib_images, lambda s: print("..", s, flush=True))
     table = miou_table(paths)
     from mess_edge.runtime.device import physical_cores
 
-    payload = {"model": "cpu-mbv2 (shipped stage 1 + {} stage-2 steps, small space), DigitScenes 128x128".format(
-        a.stage2_steps), "n_eval": a.n_eval, "miou_test": table,
+    model = ("{} (benchmarks/models/{}/stage2.pt)".format(a.model, a.model) if a.model != "short" else
+             "cpu-mbv2 (shipped stage 1 + {} stage-2 steps, small space)".format(a.stage2_steps))
+    payload = {"model": model + ", DigitScenes 128x128", "n_eval": a.n_eval, "miou_test": table,
         "worst_drop_per_exit_pp": {p: per_exit_drop(table, p) for p in ("torch", "int8", "int8u8", "fp16")},
         "latency": latency(paths, a.rounds, a.seconds), "rounds": a.rounds, "threads": physical_cores(),
         "search": searches(paths, a.max_drop), "max_drop_pp": a.max_drop,

@@ -1,4 +1,5 @@
-"""The oracles of benchmarks/early_exit.py (benchmarks/_oracles.py) and the interpolation of benchmarks/upsample_forms.py, held to plain
+"""The oracles of benchmarks/early_exit.py (benchmarks/_oracles.py), the interpolation of benchmarks/upsample_forms.py
+and the gap decomposition of benchmarks/exit_ceilings.py, held to plain
 versions on fresh random memos and inputs (no export needed)."""
 
 import os
@@ -83,3 +84,23 @@ def test_interpolation_matrix_is_bilinear_half_pixel(n, size):
                                            align_corners=False)[0].numpy()
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert np.allclose(a.sum(1), 1.0) and (a >= 0).all()
+
+
+def test_what_is_left_decomposes_the_gap_to_the_target():
+    from benchmarks import exit_ceilings as ec
+
+    # teacher: 40% leave at a path costing 0.5 of the final one, 1.05 when passing: 1 / (0.2 + 0.63) = 1.205x
+    row = {"best": {"eq7": {"speedup": 1.10, "test_cut_speedup": 1.15},
+                    "teacher": {"speedup": 1.0 / (0.4 * 0.5 + 0.6 * 1.05), "head": "e1:x", "leave_share": 0.4,
+                                "cost_ratio": 0.5, "pass_ratio": 1.05},
+                    "label-aware": {"speedup": 1.4}}}
+    left = ec.what_is_left(row, 1.25)
+    assert left["eq7_test_cut"] - left["eq7"] == pytest.approx(0.05)  # the calibration margin
+    assert left["teacher"] == pytest.approx(1.2048, abs=1e-4)
+    # 1.25x at cost 0.5 needs f with 0.5 f + 1.05 (1 - f) = 0.8: f = 0.25 / 0.55
+    assert left["need_share_at_this_cost"] == pytest.approx(0.25 / 0.55)
+    # 1.25x with 40% leaving needs 0.4 c + 0.63 = 0.8: c = 0.425
+    assert left["need_cost_at_this_share"] == pytest.approx(0.425)
+    assert ec.targets_of("cpu-drn-e8") == {1.0: 1.4, 0.1: 1.1} and ec.targets_of("other") == {}
+    text = "\n".join(ec._left_lines({"1.0": left}))
+    assert "| 1.0 | 1.25x | 1.100x | 1.150x | 1.205x | +0.050x | +0.055x | 40% at e1:x, 45% | 0.50, 0.4" in text
