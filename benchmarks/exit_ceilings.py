@@ -20,6 +20,7 @@ upsample; pass h: + the rest of the backbone and the final graph, the head paid)
 Label maps come from the exported graphs through onnxruntime (the deployed graphs, not torch).
 
     python benchmarks/exit_ceilings.py --model cpu-mbv2-e8 [--model cpu-drn-e8]
+    python benchmarks/exit_ceilings.py --ckpt pfd=a.pt --ckpt agree=b.pt --out stage2_losses   # variants
 
 Artifacts under runs/ceilings/<model>/ are reused. Results: benchmarks/results/exit_ceilings.{json,md,png}.
 """
@@ -62,9 +63,11 @@ def what_is_left(row, target):
     return out
 
 
-def prepare(model, data, work, profile_seconds):
-    """Calibrate (cal, test), export, build and profile a committed benchmark model; returns artifact paths."""
-    ckpt = os.path.join(ROOT, "benchmarks", "models", model, "stage2.pt")
+def prepare(model, data, work, profile_seconds, ckpt=None, lut=None):
+    """Calibrate (cal, test), export, build and profile a committed benchmark model (or the checkpoint ``ckpt``);
+    returns artifact paths. ``lut``: price with this latency table instead of profiling (variants of one
+    architecture compared on one table, so that the machine's drift between profiles is not in the comparison)."""
+    ckpt = ckpt or os.path.join(ROOT, "benchmarks", "models", model, "stage2.pt")
     if not os.path.isfile(ckpt):
         sys.exit("no benchmark model {}: run python benchmarks/make_models.py {}".format(ckpt, model))
     if not os.path.isdir(data):
@@ -77,8 +80,11 @@ def prepare(model, data, work, profile_seconds):
             cli("calibrate", ckpt, "--data", data, "--split", split, "--out", p[key])
     if not os.path.isfile(os.path.join(p["onnx"], "manifest.json")):
         cli("export", ckpt, "--out", p["onnx"])
-    if not os.path.isfile(p["lut"]):
+    if not os.path.isfile(os.path.join(p["engines"], "engine.json")):
         cli("build", p["onnx"], "--backend", "ort", "--out", p["engines"])
+    if lut:
+        p["lut"] = lut
+    elif not os.path.isfile(p["lut"]):
         cli("profile", p["engines"], "--min-seconds", profile_seconds, "--threads", 2)
     return p
 
@@ -336,19 +342,28 @@ def plot(results, path):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append", help="benchmarks/models/<name> [every committed model]")
+    ap.add_argument("--ckpt", action="append", default=[], metavar="NAME=PATH",
+                    help="also a stage-2 checkpoint of one's own (e.g. a stage-2 loss variant), named NAME")
+    ap.add_argument("--out", default="exit_ceilings", help="result name under benchmarks/results/")
+    ap.add_argument("--lut", default=None, help="price every model with this latency table (same architecture)")
     ap.add_argument("--data", default=os.path.join(ROOT, "runs", "ds128"))
     ap.add_argument("--images", type=int, default=500, help="test images for the agreement pass")
     ap.add_argument("--profile-seconds", type=float, default=1.0)
     a = ap.parse_args()
-    models = a.model or sorted(d for d in os.listdir(os.path.join(ROOT, "benchmarks", "models"))
-                               if os.path.isfile(os.path.join(ROOT, "benchmarks", "models", d, "stage2.pt")))
+    extra = [c.split("=", 1) for c in a.ckpt]
+    if any(len(c) != 2 or not os.path.isfile(c[1]) for c in extra):
+        sys.exit("got --ckpt {}; expected NAME=PATH of an existing checkpoint".format(a.ckpt))
+    models = [(m, None) for m in (a.model or ([] if extra else sorted(
+        d for d in os.listdir(os.path.join(ROOT, "benchmarks", "models"))
+        if os.path.isfile(os.path.join(ROOT, "benchmarks", "models", d, "stage2.pt")))))] + [tuple(c) for c in extra]
     results = {}
-    for m in models:
-        p = prepare(m, a.data, os.path.join(ROOT, "runs", "ceilings", m), a.profile_seconds)
+    for m, ckpt in models:
+        p = prepare(m, a.data, os.path.join(ROOT, "runs", "ceilings", m), a.profile_seconds, ckpt, a.lut)
         results[m] = add_left(m, analyse(p, a.data, a.images))
     os.makedirs(RESULTS, exist_ok=True)
-    plot(results, os.path.join(RESULTS, "exit_ceilings.png"))
-    save("exit_ceilings", {"models": results, "drops_pp": list(DROPS)}, markdown(results))
+    plot(results, os.path.join(RESULTS, a.out + ".png"))
+    md = markdown(results).replace("(exit_ceilings.png)", "({}.png)".format(a.out))
+    save(a.out, {"models": results, "drops_pp": list(DROPS), "checkpoints": dict(extra), "lut": a.lut}, md)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,10 @@ import click
               "as printed (exit i joins batch j when j mod i == 0).")
 @click.option("--space", default="small", show_default=True,
               help="Stage 2: full (64 architectures), small (8, for CPUs) or comma-separated names (c1b2r0h0,...).")
-@click.option("--loss", type=click.Choice(["pfd", "ce", "kd", "selfdistill"]), default="pfd", show_default=True,
-              help="Stage 2 loss: Positive Filtering Distillation (ours) or a baseline.")
+@click.option("--loss", type=click.Choice(["pfd", "ce", "kd", "selfdistill", "agree", "agree-easy"]), default="pfd",
+              show_default=True, help="Stage 2 loss: Positive Filtering Distillation (ours), a baseline, or "
+              "per-image agreement with the final exit (agree; agree-easy weights the images the exit already "
+              "matches; benchmarks/results/stage2_losses.md).")
 @click.option("--alpha", type=float, default=0.5, show_default=True, help="CE weight in pfd/selfdistill (eq. 3).")
 @click.option("--loss-stride", type=int, default=1, show_default=True,
               help="Stage 2: compute the losses at 1/S of the label resolution (faster with many heads on a CPU).")

@@ -38,8 +38,37 @@ def positive_filter(teacher_logits, labels):
     return torch.where(pred == labels, labels, torch.full_like(labels, IGNORE))
 
 
+# agree-easy: image b's loss is weighted by a_b ** EASY_POWER (a_b: the share of its pixels where the exit already
+# agrees with the final exit), normalised to mean 1 over the batch: 0.9 ** 8 = 0.43 against 0.99 ** 8 = 0.92.
+EASY_POWER = 8.0
+
+
+def agreement_loss(logits, teacher_logits, labels, alpha=0.5, easy_power=0.0):
+    """Per-image agreement with the final exit (issue 13: an exit must match the final exit on the images it takes,
+    not be good on average): alpha * CE to the final exit's own labels on every labelled pixel (right or wrong
+    there) + (1 - alpha) * KL to its softmax, averaged per image; with ``easy_power`` > 0 each image weighs
+    a_b ** easy_power (a_b its current agreement, detached), so the exit specialises on the images that will
+    leave there. No ground truth beyond the ignore mask: a label-free target, as the exit decision is."""
+    valid = labels != IGNORE
+    target = torch.where(valid, teacher_logits.detach().argmax(dim=1), torch.full_like(labels, IGNORE))
+    ce_map = F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="none")
+    log_p_s = F.log_softmax(logits, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.detach(), dim=1)
+    kl_map = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
+    n = valid.flatten(1).sum(1).clamp(min=1).to(logits.dtype)
+    per_image = ((alpha * ce_map + (1 - alpha) * kl_map) * valid).flatten(1).sum(1) / n
+    if easy_power <= 0:
+        return per_image.mean()
+    with torch.no_grad():
+        agree = ((logits.argmax(dim=1) == target) & valid).flatten(1).sum(1).to(logits.dtype) / n
+        w = agree.clamp(min=1e-3) ** easy_power
+        w = w / w.mean().clamp(min=1e-12)
+    return (w * per_image).mean()
+
+
 def exit_loss(kind, logits, teacher_logits, labels, alpha=0.5):
-    """Stage-2 loss of one exit. ``kind``: pfd (ours, eq. 3), ce, kd, selfdistill."""
+    """Stage-2 loss of one exit. ``kind``: pfd (ours, eq. 3), ce, kd, selfdistill; agree, agree-easy
+    (agreement_loss, without and with the easy-image weighting)."""
     if kind == "ce":
         return ce(logits, labels)
     if kind == "kd":
@@ -49,6 +78,8 @@ def exit_loss(kind, logits, teacher_logits, labels, alpha=0.5):
     if kind == "pfd":
         filtered = positive_filter(teacher_logits, labels)
         return alpha * ce(logits, filtered) + (1 - alpha) * kl_to_teacher(logits, teacher_logits, labels)
+    if kind in ("agree", "agree-easy"):
+        return agreement_loss(logits, teacher_logits, labels, alpha, EASY_POWER if kind == "agree-easy" else 0.0)
     raise ValueError("unknown loss {!r}".format(kind))
 
 

@@ -47,7 +47,7 @@ class TrainConfig:
     schedule: str = "exit-aware"       # stage 1: exit-aware | e2e | final-only
     exit_dropout: str = "roundrobin"   # stage 1 exit-aware: roundrobin (sec. 4.3 text) | literal (eq. 2)
     space: str = "small"               # stage 2: full (64) | small (8) | comma-separated arch names
-    loss: str = "pfd"                  # stage 2: pfd | ce | kd | selfdistill
+    loss: str = "pfd"                  # stage 2: pfd | ce | kd | selfdistill | agree | agree-easy
     alpha: float = 0.5                 # weight of the CE term in pfd / selfdistill (eq. 3)
     loss_stride: int = 1               # stage 2: losses at 1/s of the label resolution (labels sampled
                                        # nearest); s = 4 makes CPU stage 2 ~3x faster with many heads
