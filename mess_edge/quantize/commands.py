@@ -17,11 +17,15 @@ import click
               "is ORT CPU's fast path, refused by TensorRT.")
 @click.option("--calib-resize", is_flag=True,
               help="int8: accept images of another size than the graphs' input (resized like camera frames).")
+@click.option("--fp32-heads", is_flag=True,
+              help="Keep the exit heads fp32 (copied unchanged); only the backbone and the final graph change "
+              "precision. Heads are small: the early exits keep their accuracy for little time.")
 @click.option("--out", "out_dir", required=True, type=click.Path(), help="The new ONNX folder.")
-def quantize(onnx_dir, precision, calib_data, calib_images, calib_method, activations, calib_resize, out_dir):
+def quantize(onnx_dir, precision, calib_data, calib_images, calib_method, activations, calib_resize, fp32_heads,
+             out_dir):
     """Write ONNX_DIR's graphs at INT8 (Q/DQ) or FP16 into a new ONNX folder that build/profile/run read."""
     from mess_edge.quantize.quantizer import quantize_folder
 
     m = quantize_folder(onnx_dir, precision, out_dir, calib_data, calib_images, calib_method, calib_resize,
-                        log=click.echo, activations=activations)
+                        log=click.echo, activations=activations, fp32_heads=fp32_heads)
     click.echo("wrote {} graphs at {} and manifest.json to {}".format(len(m["graphs"]), precision, out_dir))

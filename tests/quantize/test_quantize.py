@@ -158,3 +158,21 @@ def test_uint8_activations_are_for_onnx_runtime_only(folders, tmp_path):
     assert np.mean([np.mean(a == b) for a, b in zip(got, want)]) >= 0.9
     with pytest.raises(MessError, match="quantized with uint8 activations .*expected symmetric int8 Q/DQ"):
         build_engines(q, "trt", out_dir=str(tmp_path / "t"))
+
+
+def test_fp32_heads_copies_the_heads_and_quantizes_the_rest(folders, tmp_path):
+    q = str(tmp_path / "heads-fp32")
+    m = quantize_folder(folders["fp32"], "int8", q, folders["calib"], fp32_heads=True)
+    assert m["fp32_heads"] is True and m["precision"] == "int8"
+    by = {g["name"]: g for g in m["graphs"]}
+    heads = [g for g in m["graphs"] if g["role"] == "head"]
+    assert len(heads) == 4 and all(g["precision"] == "fp32" and g["sha256"] == g["fp32_sha256"] for g in heads)
+    assert by["segment_0"]["precision"] == "int8" and by["final"]["precision"] == "int8"
+    e = load_engines(build_engines(q, "ort", out_dir=str(tmp_path / "e")))
+    assert {g["name"]: g["precision"] for g in e.graphs}["head_e1_c1b1r0h0"] == "fp32"
+    budgeted = {"format": "mess-edge-instance/1", "setting": "budgeted", "final": False, "th_pix": 0.5,
+                "manifest_sha256": e.sidecar["manifest_sha256"],
+                "exits": [{"exit": 1, "graph": "head_e1_c1b1r0h0", "arch": {}, "th_img": 0.0}]}
+    out = _chain_labels(e.dir, folders["test"], budgeted)
+    assert [r.exit for r in out] == [1] * len(out)
+    assert not json.load(open(os.path.join(folders["int8"], "manifest.json")))["fp32_heads"]
