@@ -106,6 +106,9 @@ def speed_sentence(bench, band=0.02):
                 bench["baseline"], measured, bench["frames"], bench["reps"]))
     if predicted is not None:
         text += "; the search predicted {:.2f}x from the latency table".format(predicted)
+        like = bench.get("speedup_vs_final_only")
+        if like is not None and bench["baseline"] != "final-only":
+            text += " over the chained final-only path, where bench measured {:.2f}x".format(like)
     pred = bench.get("predicted_ms")
     if pred:
         text += " (predicted {})".format(", ".join("{} {:.3f} ms vs measured {:.3f} ms ({:+.1%})".format(

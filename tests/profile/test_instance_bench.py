@@ -102,6 +102,10 @@ def test_bench_instance_matches_the_reference_chain(setup):
     assert r["speedup"] == pytest.approx(c[r["baseline"]]["mean_ms"] / c["instance"]["mean_ms"])
     assert r["miou_drop_pp"] == pytest.approx(c[r["baseline"]]["miou"] - c["instance"]["miou"])
     assert "speedup {:.2f}x over {}".format(r["speedup"], r["baseline"]) in format_instance_bench(r)
+    fo = r["configs"]["final-only"]["mean_ms"] / r["configs"]["instance"]["mean_ms"]
+    assert r["speedup_vs_final_only"] == pytest.approx(fo)
+    if r["baseline"] == "monolithic":  # the prediction is against the chained final-only path: said beside it
+        assert "over the chained final-only path, measured {:.2f}x".format(fo) in format_instance_bench(r)
 
 
 def test_bench_instance_on_a_video_and_its_errors(setup):
