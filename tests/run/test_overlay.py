@@ -154,3 +154,11 @@ def test_a_window_sized_overlay_keeps_the_frames_aspect():
     frame = np.dstack([frame] * 3)
     out = Overlay(width=320)(frame, np.zeros((16, 16), np.int32))
     assert out.shape == (240, 320, 3) and np.abs(out.astype(int) - frame[::2, ::2]).max() <= 1
+
+
+def test_the_presented_line_explains_only_frames_not_presented():
+    s = dict(_stats(10, {"final": 10}, 0, None), frames_presented=10, frames_written=10)
+    assert "presented 10 of 10, written 10" in format_stats(s)
+    s.update(frames_presented=7, not_presented=3, frames_written=7)
+    assert ("presented 7 of 10 (3 not presented: the overlay and writer could not keep up; a live source's newest "
+            "result wins), written 7") in format_stats(s)

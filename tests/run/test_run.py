@@ -234,8 +234,7 @@ def test_video_end_to_end_matches_reference_without_torch(setup, tmp_path):
     frames = decode(out)
     assert len(frames) == 12 and frames[0].shape == (280, 336, 3)  # 40x48 enlarged 7x for the text
     assert "frames 12 processed of 12 read (0 dropped, 0 corrupt" in r.stdout and "speedup" in r.stdout
-    assert ("presented 12 of 12 (0 not presented: the overlay and writer could not keep up; a live source's "
-            "newest result wins), written 12") in r.stdout
+    assert "presented 12 of 12, written 12" in r.stdout and "(0 not presented" not in r.stdout
 
 
 def test_realtime_run_whose_presenter_falls_behind_skips_and_accounts_for_every_frame(setup, tmp_path):
