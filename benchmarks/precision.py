@@ -8,7 +8,8 @@ steps of the demo's stage 2; exported, then
 built for ORT, profiled, and memoised on the cal and test splits by ``calibrate --engines`` (the deployed
 graphs at their precision); PyTorch FP32 is ``calibrate CKPT``. Searches: input-dependent, --max-drop on each
 cal memo with that precision's latency table, with search's default promise (new images, Learn-then-Test,
-delta 0.1); the drop that matters is measured on the test memo of the same precision. Latency: the final-only path (chain of segments -> final; and the monolithic graph) of every
+delta 0.1); the drop that matters is measured on the test memo of the same precision. Latency: the final-only
+path (chain of segments -> final; and the monolithic graph) of every
 precision timed in one process, interleaved round by round: only the ratios mean something here.
 
     python benchmarks/precision.py [--model cpu-mbv2-e8]     # reuses what exists in runs/precision-<model>

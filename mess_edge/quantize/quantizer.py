@@ -20,8 +20,9 @@ deployed INT8 chain hands it, errors of earlier segments included.
 What stays fp32 (both precisions): in every head the confidence gate, i.e. every node downstream of the
 ``logits`` output (softmax-free top-1, pools, threshold, votes: the exit decision must compare the same numbers
 the memo saw), and in the final / monolithic graphs the label-map path after the last convolution (the
-upsample's two MatMuls or Resize, ArgMax, Cast); upsample graphs (no weights) are copied unchanged. The logits themselves come from a quantized
-convolution: that is the accuracy the device has, and what ``calibrate --engines`` measures.
+upsample's two MatMuls or Resize, ArgMax, Cast); upsample graphs (no weights) are copied unchanged. The logits
+themselves come from a quantized convolution: that is the accuracy the device has, and what
+``calibrate --engines`` measures.
 """
 
 import os

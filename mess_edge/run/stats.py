@@ -144,9 +144,9 @@ def format_stats(s):
     """The statistics as a few printable lines."""
     lines = ["frames {frames} processed of {frames_in} read ({dropped} dropped, {corrupt} corrupt, {reconnects} "
              "reconnects); end: {end_reason}".format(**s),
-             ("presented {frames_presented} of {frames} ({not_presented} not presented: the overlay and writer "
-              "could not keep up; a live source's newest result wins), written {frames_written}" if s["not_presented"]
-              else "presented {frames_presented} of {frames}, written {frames_written}").format(**s),
+             "presented {frames_presented} of {frames}{why}, written {frames_written}".format(
+                 why=" ({} not presented: the overlay and writer could not keep up; a live source's newest result "
+                     "wins)".format(s["not_presented"]) if s["not_presented"] else "", **s),
              "exits: " + histogram_text(s["exit_histogram"])]
     if s.get("fit_geometry"):
         lines.append(_fit_text(s["fit"], s["fit_geometry"]))

@@ -17,15 +17,20 @@ def ce(logits, labels):
     return total / (labels != IGNORE).sum().clamp(min=1)
 
 
+def kl_map(student_logits, teacher_logits):
+    """KL(p_teacher || p_student) per pixel [B, H, W], the teacher detached."""
+    log_p_s = F.log_softmax(student_logits, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.detach(), dim=1)
+    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
+
+
 def kl_to_teacher(student_logits, teacher_logits, labels=None):
     """KL(p_teacher || p_student) per pixel, averaged over non-ignored pixels.
 
     The direction is the usual distillation one: the exit (student) is pulled towards the final exit's
     softmax (teacher), sum_c p_N log(p_N / p_i). The teacher is detached.
     """
-    log_p_s = F.log_softmax(student_logits, dim=1)
-    log_p_t = F.log_softmax(teacher_logits.detach(), dim=1)
-    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)  # [B, H, W]
+    kl = kl_map(student_logits, teacher_logits)
     if labels is None:
         return kl.mean()
     valid = labels != IGNORE
@@ -52,11 +57,8 @@ def agreement_loss(logits, teacher_logits, labels, alpha=0.5, easy_power=0.0):
     valid = labels != IGNORE
     target = torch.where(valid, teacher_logits.detach().argmax(dim=1), torch.full_like(labels, IGNORE))
     ce_map = F.cross_entropy(logits, target, ignore_index=IGNORE, reduction="none")
-    log_p_s = F.log_softmax(logits, dim=1)
-    log_p_t = F.log_softmax(teacher_logits.detach(), dim=1)
-    kl_map = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
     n = valid.flatten(1).sum(1).clamp(min=1).to(logits.dtype)
-    per_image = ((alpha * ce_map + (1 - alpha) * kl_map) * valid).flatten(1).sum(1) / n
+    per_image = ((alpha * ce_map + (1 - alpha) * kl_map(logits, teacher_logits)) * valid).flatten(1).sum(1) / n
     if easy_power <= 0:
         return per_image.mean()
     with torch.no_grad():
