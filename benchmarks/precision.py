@@ -25,8 +25,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._common import ROOT, cli, save  # noqa: E402
 
-PRECISIONS = ("fp32", "int8", "int8u8", "fp16")  # int8u8: uint8 activations (ORT CPU only, TensorRT refuses)
-QUANTIZE = {"int8": ("--precision", "int8"), "int8u8": ("--precision", "int8", "--activations", "uint8"),
+# int8: quantize's default (symmetric, the image's convolution fp32); int8all: that convolution INT8 too;
+# int8h: int8 with the exit heads fp32; int8u8: uint8 activations (ORT CPU only, TensorRT refuses)
+PRECISIONS = ("fp32", "int8", "int8all", "int8h", "int8u8", "fp16")
+LABELS = {"int8": "INT8 s8 (default)", "int8all": "INT8 s8, image conv INT8", "int8h": "INT8 s8, heads fp32",
+          "int8u8": "INT8 u8 (CPU)", "fp16": "FP16"}
+QUANTIZE = {"int8": ("--precision", "int8"), "int8all": ("--precision", "int8", "--int8-first-conv"),
+            "int8h": ("--precision", "int8", "--fp32-heads"),
+            "int8u8": ("--precision", "int8", "--activations", "uint8"),
             "fp16": ("--precision", "fp16")}
 
 
@@ -164,13 +170,13 @@ def markdown(payload):
              "Model: {}. mIoU on {} test images per exit (every head; the search's memo format, from "
              "`calibrate --engines` at each precision; PyTorch FP32 from `calibrate CKPT`).".format(
                  payload["model"], payload["n_eval"]), "",
-             "| head | PyTorch FP32 | ORT FP32 | ORT INT8 (s8, TensorRT's) | ORT INT8 (u8, CPU) | ORT FP16 | "
-             "INT8 s8 - FP32 (pp) |", "|---|---|---|---|---|---|---|"]
+             "| head | PyTorch FP32 | ORT FP32 | " + " | ".join("ORT " + LABELS[p] for p in PRECISIONS[1:]) +
+             " | INT8 s8 - FP32 (pp) |", "|---" * (len(PRECISIONS) + 3) + "|"]
     for label in t["fp32"]:
-        lines.append("| {} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:+.2f} |".format(
-            label, t["torch"][label], t["fp32"][label], t["int8"][label], t["int8u8"][label], t["fp16"][label],
-            t["int8"][label] - t["fp32"][label]))
-    for p in ("int8", "int8u8", "fp16"):
+        lines.append("| {} | {:.2f} | ".format(label, t["torch"][label]) + " | ".join(
+            "{:.2f}".format(t[p][label]) for p in PRECISIONS) + " | {:+.2f} |".format(t["int8"][label] -
+                                                                                     t["fp32"][label]))
+    for p in PRECISIONS[1:]:
         lines += ["", "Largest |{} - ORT FP32| per exit point (pp): ".format(p) + ", ".join(
             "{} {:.2f}".format(k, v) for k, v in payload["worst_drop_per_exit_pp"][p].items())]
     lines += ["Largest |PyTorch FP32 - ORT FP32| per exit point (pp): " + ", ".join(
@@ -218,7 +224,7 @@ def main():
     model = ("{} (benchmarks/models/{}/stage2.pt)".format(a.model, a.model) if a.model != "short" else
              "cpu-mbv2 (shipped stage 1 + {} stage-2 steps, small space)".format(a.stage2_steps))
     payload = {"model": model + ", DigitScenes 128x128", "n_eval": a.n_eval, "miou_test": table,
-        "worst_drop_per_exit_pp": {p: per_exit_drop(table, p) for p in ("torch", "int8", "int8u8", "fp16")},
+        "worst_drop_per_exit_pp": {p: per_exit_drop(table, p) for p in ("torch",) + PRECISIONS[1:]},
         "latency": latency(paths, a.rounds, a.seconds), "rounds": a.rounds, "threads": physical_cores(),
         "search": searches(paths, a.max_drop), "max_drop_pp": a.max_drop,
         "calibration": json.load(open(os.path.join(paths["onnx"]["int8"], "manifest.json")))["calibration"],

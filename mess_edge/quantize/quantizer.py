@@ -23,6 +23,13 @@ the memo saw), and in the final / monolithic graphs the label-map path after the
 upsample's two MatMuls or Resize, ArgMax, Cast); upsample graphs (no weights) are copied unchanged. The logits
 themselves come from a quantized convolution: that is the accuracy the device has, and what
 ``calibrate --engines`` measures.
+
+INT8 only, by default: the convolution that reads the image (segment 0's and the monolithic graph's first one)
+stays fp32, its input and weights unquantized. Measured on cpu-mbv2-e8 (benchmarks/precision.py): quantizing it
+costs the final exit 2.2 of its 2.2 pp at symmetric INT8 (the image's normalised range [-2.1, 2.6] in 8 bits is
+coarser than its own 1/255 steps, and the first layer's error reaches every exit); any one of the other 32
+convolutions of segment 0 kept fp32 recovers at most 0.1 pp. It is 1.2% of the final path's MACs (3 input channels).
+``first_conv_int8=True`` (``--int8-first-conv``) quantizes it too.
 """
 
 import os
@@ -44,7 +51,7 @@ def manifest_precision(manifest):
     return manifest.get("precision", "fp32")
 
 
-def _named(model):
+def name_nodes(model):
     """Give every unnamed node a unique name (nodes_to_exclude / node_block_list select nodes by name)."""
     seen = set()
     for i, node in enumerate(model.graph.node):
@@ -72,6 +79,11 @@ def fp32_nodes(model, role):
     return []
 
 
+def image_convs(model):
+    """Names of the convolutions that read the graph's ``image`` input directly (segment 0, monolithic)."""
+    return [n.name for n in model.graph.node if n.op_type in CONV_OPS and "image" in n.input]
+
+
 class _Reader(object):
     """onnxruntime.quantization.CalibrationDataReader over a lazy feed iterable (one image at a time)."""
 
@@ -87,13 +99,14 @@ class _Reader(object):
         self.it = None
 
 
-def _quantize_int8(src, dst, role, feeds, method, activations="int8"):
+def _quantize_int8(src, dst, role, feeds, method, activations="int8", first_conv_int8=False, extra_fp32=()):
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, \
         quantize_static
 
-    model = _named(onnx.load(src))
-    keep = fp32_nodes(model, role)
+    model = name_nodes(onnx.load(src))
+    keep = fp32_nodes(model, role) + ([] if first_conv_int8 else image_convs(model))
+    keep += [n for n in extra_fp32 if n not in keep]
     reader = type("FeedReader", (_Reader, CalibrationDataReader), {})(feeds)
     import logging
 
@@ -130,7 +143,7 @@ def _convert_fp16(src, dst, role):
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = _named(onnx.load(src))
+    model = name_nodes(onnx.load(src))
     keep = fp32_nodes(model, role)
     half = convert_float_to_float16(model, keep_io_types=True, node_block_list=keep)
     onnx.save(half, dst)
@@ -147,8 +160,42 @@ def _versions():
 ACTIVATIONS = ("int8", "uint8")
 
 
+def parse_fp32_layer(text):
+    """"GRAPH:NODE" (``--fp32-layer``) -> (graph, node); the node name may hold colons, the graph name not."""
+    graph, sep, node = text.partition(":")
+    if not sep or not graph or not node:
+        raise MessError("got --fp32-layer {!r}; expected GRAPH:NODE, e.g. segment_0:/features.1/conv/conv.0/"
+                        "conv.0.0/Conv (node names as printed by benchmarks/int8_sensitivity.py)".format(text))
+    return graph, node
+
+
+def check_fp32_layers(onnx_dir, manifest, layers, precision):
+    """{graph: [node, ...]} checked against the folder's graphs (names as quantize gives them); one line if not."""
+    if not layers:
+        return {}
+    if precision != "int8":
+        raise MessError("got --fp32-layer with --precision {}; expected --precision int8 (FP16 graphs keep every "
+                        "layer's type already)".format(precision))
+    import onnx
+
+    by = {g["name"]: g for g in manifest["graphs"]}
+    out = {}
+    for graph, nodes in sorted(layers.items()):
+        if graph not in by or by[graph]["role"] == "upsample":
+            raise MessError("got --fp32-layer {}:...; expected one of the graphs {} of {}".format(
+                graph, ", ".join(n for n in sorted(by) if by[n]["role"] != "upsample"), onnx_dir))
+        names = {n.name for n in name_nodes(onnx.load(os.path.join(onnx_dir, by[graph]["file"]))).graph.node}
+        for node in nodes:
+            if node not in names:
+                raise MessError("got --fp32-layer {}:{}; graph {} has no node of that name; try python "
+                                "benchmarks/int8_sensitivity.py, which prints them".format(graph, node, graph))
+        out[graph] = list(nodes)
+    return out
+
+
 def quantize_folder(onnx_dir, precision, out_dir, calib_dir=None, max_images=64, calib_method="minmax",
-                    allow_resize=False, log=None, activations="int8", fp32_heads=False):
+                    allow_resize=False, log=None, activations="int8", fp32_heads=False, first_conv_int8=False,
+                    fp32_layers=None):
     """Write ``out_dir``: every graph of the fp32 folder ``onnx_dir`` at ``precision`` ("int8" Q/DQ or "fp16"),
     a manifest.json that build / profile / search / run read unchanged, recording precision, quantizer and
     calibration set (path, sha256 of names + bytes, image count, preprocessing). Replaced atomically.
@@ -156,6 +203,9 @@ def quantize_folder(onnx_dir, precision, out_dir, calib_dir=None, max_images=64,
     (symmetric, TensorRT and ORT) or "uint8" (asymmetric, ORT CPU only: its fastest kernels). ``fp32_heads``:
     copy the exit heads unchanged (fp32) and quantize only the backbone and the final graph: on cpu-mbv2-e8 the
     worst early-exit drop at symmetric INT8 went from 6.4 to 2.2 pp (e0) for heads of 0.1-7 MMACs each.
+    ``first_conv_int8``: quantize the convolution that reads the image too (kept fp32 by default: see the module
+    docstring). ``fp32_layers``: {graph name: [node names]} kept fp32 besides those (INT8 only; the per-layer
+    fallback that benchmarks/int8_sensitivity.py ranks); an unknown graph or node is refused in one line.
     """
     import time
 
@@ -180,6 +230,7 @@ def quantize_folder(onnx_dir, precision, out_dir, calib_dir=None, max_images=64,
                         "try --out {}-{}".format(out_dir, onnx_dir.rstrip("/"), precision))
     check_graph_files(onnx_dir, manifest)
     check_output_folder(out_dir)
+    fp32_layers = check_fp32_layers(onnx_dir, manifest, fp32_layers or {}, precision)
     calib = None
     if precision == "int8":
         if not calib_dir:
@@ -203,7 +254,7 @@ def quantize_folder(onnx_dir, precision, out_dir, calib_dir=None, max_images=64,
                 got, keep = "fp32", []
             elif precision == "int8":
                 keep = _quantize_int8(src, dst, g["role"], graph_feeds(manifest, g, calib, run), calib_method,
-                                      activations)
+                                      activations, first_conv_int8, fp32_layers.get(g["name"], ()))
                 got = "int8"
             else:
                 keep, got = _convert_fp16(src, dst, g["role"]), "fp16"
@@ -216,7 +267,8 @@ def quantize_folder(onnx_dir, precision, out_dir, calib_dir=None, max_images=64,
                    source_onnx_dir=os.path.abspath(onnx_dir), source_manifest_sha256=manifest_sha,
                    quantizer=dict(_versions(), tool="onnxruntime.quantization.quantize_static (QDQ)" if
                                   precision == "int8" else "onnxruntime.transformers.float16 (keep_io_types)"),
-                   calibration=None, fp32_heads=bool(fp32_heads))
+                   calibration=None, fp32_heads=bool(fp32_heads),
+                   fp32_first_conv=precision == "int8" and not first_conv_int8, fp32_layers=fp32_layers)
         if calib is not None:
             out["calibration"] = dict(calib.identity(), method=calib_method, per_channel=True,
                                       symmetric=activations == "int8", activations=activations,

@@ -57,14 +57,14 @@ def test_export_parity_targets(exported):
 
 
 def test_label_map_is_two_matmuls_kept_fp32_by_quantize(exported, tmp_path):
-    from mess_edge.quantize.quantizer import _named, fp32_nodes, quantize_folder
+    from mess_edge.quantize.quantizer import fp32_nodes, name_nodes, quantize_folder
 
     out, m = exported
     assert m["label_map"] == "matmul"
     for name in ("final", "monolithic", "upsample_8x8"):
         ops = [n.op_type for n in onnx.load(os.path.join(out, name + ".onnx")).graph.node]
         assert ops[-4:] == ["MatMul", "MatMul", "ArgMax", "Cast"] and "Resize" not in ops, (name, ops)
-    final = _named(onnx.load(os.path.join(out, "final.onnx")))
+    final = name_nodes(onnx.load(os.path.join(out, "final.onnx")))
     kept = set(fp32_nodes(final, "final"))
     assert [n.op_type for n in final.graph.node if n.name in kept] == ["MatMul", "MatMul", "ArgMax", "Cast"]
     import cv2

@@ -15,7 +15,7 @@ from mess_edge.build.builder import build_engines
 from mess_edge.build.engine_set import load_engines
 from mess_edge.errors import MessError
 from mess_edge.profile.latency_table import ProfileConfig, profile_engines
-from mess_edge.quantize.quantizer import quantize_folder
+from mess_edge.quantize.quantizer import name_nodes, quantize_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FAST = ProfileConfig(min_iters=5, min_seconds=0.005, warmup_s=0.0)
@@ -148,7 +148,7 @@ def test_uint8_activations_are_for_onnx_runtime_only(folders, tmp_path):
     q = str(tmp_path / "u8")
     m = quantize_folder(folders["fp32"], "int8", q, folders["calib"], activations="uint8")
     assert m["calibration"]["activations"] == "uint8" and m["calibration"]["symmetric"] is False
-    head = onnx.load(os.path.join(q, "segment_0.onnx"))
+    head = onnx.load(os.path.join(q, "segment_1.onnx"))
     zero_points = [i for i in head.graph.initializer if i.name.endswith("zero_point")]
     assert any(z.data_type == onnx.TensorProto.UINT8 for z in zero_points)
     e = build_engines(q, "ort", out_dir=str(tmp_path / "e"))
@@ -176,3 +176,58 @@ def test_fp32_heads_copies_the_heads_and_quantizes_the_rest(folders, tmp_path):
     out = _chain_labels(e.dir, folders["test"], budgeted)
     assert [r.exit for r in out] == [1] * len(out)
     assert not json.load(open(os.path.join(folders["int8"], "manifest.json")))["fp32_heads"]
+
+
+def _image_readers(path):
+    return sorted(n.op_type for n in onnx.load(path).graph.node if "image" in n.input)
+
+
+def test_the_convolution_reading_the_image_stays_fp32_unless_asked(folders, tmp_path):
+    # default: segment 0's and the monolithic graph's first Conv take the fp32 image and fp32 weights
+    m = json.load(open(os.path.join(folders["int8"], "manifest.json")))
+    assert m["fp32_first_conv"] is True
+    for name in ("segment_0.onnx", "monolithic.onnx"):
+        assert _image_readers(os.path.join(folders["int8"], name)) == ["Conv"]
+        first = [n for n in onnx.load(os.path.join(folders["int8"], name)).graph.node if "image" in n.input][0]
+        assert not first.input[1].endswith("DequantizeLinear_Output")
+    ops = [n.op_type for n in onnx.load(os.path.join(folders["int8"], "monolithic.onnx")).graph.node]
+    assert ops.count("QuantizeLinear") >= 3  # the convolutions after the first are quantized
+    q = str(tmp_path / "all-int8")
+    m = quantize_folder(folders["fp32"], "int8", q, folders["calib"], first_conv_int8=True)
+    assert m["fp32_first_conv"] is False
+    for name in ("segment_0.onnx", "monolithic.onnx"):
+        assert _image_readers(os.path.join(q, name)) == ["QuantizeLinear"]
+    by = {g["name"]: g for g in m["graphs"]}
+    default = {g["name"]: g for g in json.load(open(os.path.join(folders["int8"], "manifest.json")))["graphs"]}
+    assert by["segment_0"]["fp32_nodes"] == default["segment_0"]["fp32_nodes"] - 1
+    assert not json.load(open(os.path.join(folders["fp16"], "manifest.json")))["fp32_first_conv"]
+
+
+def test_fp32_layer_keeps_the_named_node_and_refuses_unknown_ones(folders, tmp_path):
+    model = name_nodes(onnx.load(os.path.join(folders["fp32"], "monolithic.onnx")))  # as quantize names them
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    assert len(convs) >= 3 and all(convs)
+    q = str(tmp_path / "layer")
+    m = quantize_folder(folders["fp32"], "int8", q, folders["calib"], fp32_layers={"monolithic": [convs[1]]})
+    assert m["fp32_layers"] == {"monolithic": [convs[1]]}
+    default = {g["name"]: g for g in json.load(open(os.path.join(folders["int8"], "manifest.json")))["graphs"]}
+    by = {g["name"]: g for g in m["graphs"]}
+    assert by["monolithic"]["fp32_nodes"] == default["monolithic"]["fp32_nodes"] + 1
+    assert by["segment_1"]["sha256"] == default["segment_1"]["sha256"]  # the other graphs as without the option
+    nodes = {n.name: n for n in onnx.load(os.path.join(q, "monolithic.onnx")).graph.node}
+    assert not nodes[convs[1]].input[1].endswith("DequantizeLinear_Output")  # fp32 weights
+    assert nodes[convs[2]].input[1].endswith("DequantizeLinear_Output")
+    cmd = [sys.executable, "-m", "mess_edge.cli", "quantize", folders["fp32"], "--precision", "int8", "--calib-data",
+           folders["calib"], "--out", str(tmp_path / "bad")]
+    for arg, want in (("monolithic:/no/such/Conv", "error: got --fp32-layer monolithic:/no/such/Conv; graph "
+                       "monolithic has no node of that name"),
+                      ("nograph:x", "error: got --fp32-layer nograph:...; expected one of the graphs final, "),
+                      ("justanode", "error: got --fp32-layer 'justanode'; expected GRAPH:NODE")):
+        r = subprocess.run(cmd + ["--fp32-layer", arg], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+        assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith(want), r.stderr
+        assert not os.path.exists(str(tmp_path / "bad"))
+    r = subprocess.run([sys.executable, "-m", "mess_edge.cli", "quantize", folders["fp32"], "--precision", "fp16",
+                        "--fp32-layer", "monolithic:" + convs[1], "--out", str(tmp_path / "bad")], cwd=ROOT,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert r.returncode == 2 and "expected --precision int8" in r.stderr and r.stderr.count("\n") == 1
