@@ -8,7 +8,9 @@ the first ``calib_images`` calibrate; test images are never used, so the ranking
    alone at INT8 with the others FP32;
 2. for the graph that loses most alone: each of its convolutions kept FP32 in turn, the rest INT8 (the per-layer
    fallback, ``quantize --fp32-layer GRAPH:NODE``), ranked by what it recovers;
-3. quantize's default (the convolution that reads the image kept FP32) for comparison.
+3. quantize's default (the convolution that reads the image kept FP32) for comparison;
+4. each exit head alone at INT8 on the FP32 features (its own mIoU through the upsample graph), and for the head
+   that loses most, each of its convolutions kept FP32 in turn.
 
 Each graph is quantized the way ``mess-edge quantize`` does it (quantizer._quantize_int8: QDQ, symmetric INT8,
 per-channel weights, minmax, each segment calibrated on the outputs of the INT8 segments before it).
@@ -55,6 +57,43 @@ class Chain(object):
             for i, s in enumerate(sessions):
                 x = s.run(None, {s.get_inputs()[0].name: x})[0]
             conf += confusion_matrix(x[0], y, k)
+        return float(100 * miou(conf))
+
+
+class HeadEval(object):
+    """An exit head's mIoU (logits -> the exit's upsample graph -> labels) on the FP32 features of the images."""
+
+    def __init__(self, chain, images):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        self.chain, self.so, self.ort = chain, so, ort
+        segments = [ort.InferenceSession(chain.path({}, n), so, providers=["CPUExecutionProvider"])
+                    for n in chain.order[:-1]]
+        self.features = []  # [exit][image]
+        xs = list(images)
+        for s in segments:
+            xs = [s.run(None, {s.get_inputs()[0].name: x})[0] for x in xs]
+            self.features.append(xs)
+        ups = {tuple(g["logits_hw"]): g["name"] for g in chain.manifest["graphs"] if g["role"] == "upsample"}
+        self.upsample = {hw: ort.InferenceSession(chain.path({}, n), so, providers=["CPUExecutionProvider"])
+                         for hw, n in ups.items()}
+
+    def miou(self, path, exit_index, labels):
+        import numpy as np
+
+        from mess_edge.confidence import DEFAULT_TH_PIX
+        from mess_edge.metrics import confusion_matrix, miou
+
+        s = self.ort.InferenceSession(path, self.so, providers=["CPUExecutionProvider"])
+        k = int(self.chain.manifest["num_classes"])
+        conf = np.zeros((k, k), np.int64)
+        th = np.array([DEFAULT_TH_PIX], np.float32)
+        for f, y in zip(self.features[exit_index], labels):
+            logits = s.run(["logits"], {"feat": f, "th_pix": th})[0]
+            up = self.upsample[tuple(logits.shape[2:])]
+            conf += confusion_matrix(up.run(None, {"logits": logits})[0][0], y, k)
         return float(100 * miou(conf))
 
 
@@ -128,8 +167,37 @@ def measure(onnx_dir, data, work, calib_images, n_eval, log):
     for name in chain.order:
         default[name] = quantize_graph(chain, name, os.path.join(q, name + "-default.onnx"), calib, dict(default),
                                        first_conv_int8=False)
+    heads, per_head_node = measure_heads(chain, images, labels, calib, q, log)
     return {"fp32": fp32, "all_int8": all_int8, "alone": alone, "worst_graph": worst, "per_node": rows,
-            "default": chain.miou(default, images, labels), "seconds": time.time() - t0}
+            "default": chain.miou(default, images, labels), "heads": heads, "worst_head_per_node": per_head_node,
+            "seconds": time.time() - t0}
+
+
+def measure_heads(chain, images, labels, calib, q, log):
+    """{head: {"exit", "fp32", "int8"}} each head alone at INT8 on FP32 features; per-node rows of the worst."""
+    import onnx
+
+    from mess_edge.quantize import quantizer
+
+    ev = HeadEval(chain, images)
+    heads = {}
+    for g in chain.manifest["graphs"]:
+        if g["role"] != "head":
+            continue
+        path = quantize_graph(chain, g["name"], os.path.join(q, g["name"] + "-int8.onnx"), calib, {})
+        heads[g["name"]] = {"exit": g["exit"], "fp32": ev.miou(chain.path({}, g["name"]), g["exit"], labels),
+                            "int8": ev.miou(path, g["exit"], labels)}
+        log("{:<24} fp32 {:.2f} int8 {:.2f}".format(g["name"], heads[g["name"]]["fp32"], heads[g["name"]]["int8"]))
+    worst = min(heads, key=lambda n: heads[n]["int8"] - heads[n]["fp32"])
+    model = quantizer.name_nodes(onnx.load(chain.path({}, worst)))
+    convs = [n.name for n in model.graph.node if n.op_type in quantizer.CONV_OPS]
+    rows = []
+    for k, node in enumerate(convs):
+        path = quantize_graph(chain, worst, os.path.join(q, "{}-fp32-{}.onnx".format(worst, k)), calib, {},
+                              extra_fp32=[node])
+        got = ev.miou(path, heads[worst]["exit"], labels)
+        rows.append({"head": worst, "node": node, "miou": got, "recovered_pp": got - heads[worst]["int8"]})
+    return heads, rows
 
 
 def markdown(p):
@@ -153,6 +221,17 @@ def markdown(p):
     for r in ranked:
         lines.append("| `{}` | {} | {:.2f} | {:+.2f} |".format(r["node"], "yes" if r["reads_image"] else "",
                                                            r["miou"], r["recovered_pp"]))
+    heads = sorted(p["heads"].items(), key=lambda kv: kv[1]["int8"] - kv[1]["fp32"])
+    lines += ["", "Each exit head alone at INT8 (the head's own mIoU through its exit's upsample graph, on the FP32 "
+              "backbone's features; quantize calibrates heads on the INT8 segments' outputs instead), worst "
+              "first:", "", "| head | FP32 | INT8 | INT8 - FP32 (pp) |", "|---|---:|---:|---:|"]
+    for name, h in heads:
+        lines.append("| {} | {:.2f} | {:.2f} | {:+.2f} |".format(name, h["fp32"], h["int8"], h["int8"] - h["fp32"]))
+    rows = sorted(p["worst_head_per_node"], key=lambda r: -r["recovered_pp"])
+    if rows:
+        lines += ["", "{} at INT8 with one convolution kept FP32, best first:".format(rows[0]["head"]), "",
+                  "| node | head mIoU | recovered (pp) |", "|---|---:|---:|"]
+        lines += ["| `{}` | {:.2f} | {:+.2f} |".format(r["node"], r["miou"], r["recovered_pp"]) for r in rows]
     return "\n".join(lines)
 
 
@@ -178,7 +257,8 @@ def main():
     payload = measure(onnx_dir, data, work, a.calib_images, a.n_eval, lambda s: print("..", s, flush=True))
     payload.update(model="{} (benchmarks/models/{}/stage2.pt), DigitScenes 128x128".format(a.model, a.model),
                    n_eval=a.n_eval, calib_images=a.calib_images)
-    save("int8_sensitivity", payload, markdown(payload))
+    name = "int8_sensitivity" if a.model == "cpu-mbv2-e8" else "int8_sensitivity-" + a.model
+    save(name, payload, markdown(payload))
 
 
 if __name__ == "__main__":

@@ -229,7 +229,7 @@ def main():
         "search": searches(paths, a.max_drop), "max_drop_pp": a.max_drop,
         "calibration": json.load(open(os.path.join(paths["onnx"]["int8"], "manifest.json")))["calibration"],
         "seconds": time.time() - t0}
-    save("precision", payload, markdown(payload))
+    save("precision" if a.model == "cpu-mbv2-e8" else "precision-" + a.model, payload, markdown(payload))
 
 
 if __name__ == "__main__":
