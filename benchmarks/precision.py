@@ -25,12 +25,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks._common import ROOT, cli, save  # noqa: E402
 
-# int8: quantize's default (symmetric, the image's convolution fp32); int8all: that convolution INT8 too;
-# int8h: int8 with the exit heads fp32; int8u8: uint8 activations (ORT CPU only, TensorRT refuses)
-PRECISIONS = ("fp32", "int8", "int8all", "int8h", "int8u8", "fp16")
-LABELS = {"int8": "INT8 s8 (default)", "int8all": "INT8 s8, image conv INT8", "int8h": "INT8 s8, heads fp32",
-          "int8u8": "INT8 u8 (CPU)", "fp16": "FP16"}
-QUANTIZE = {"int8": ("--precision", "int8"), "int8all": ("--precision", "int8", "--int8-first-conv"),
+# int8: quantize's default (symmetric, the image's convolution fp32, the label-disagreement fallback); int8nofb:
+# without the fallback; int8all: every convolution INT8, no fallback (a plain quantizer); int8h: int8 with the
+# exit heads fp32; int8u8: uint8 activations (ORT CPU only, TensorRT refuses)
+PRECISIONS = ("fp32", "int8", "int8nofb", "int8all", "int8h", "int8u8", "fp16")
+LABELS = {"int8": "INT8 s8 (default)", "int8nofb": "INT8 s8, no fallback", "int8all": "INT8 s8, every conv",
+          "int8h": "INT8 s8, heads fp32", "int8u8": "INT8 u8 (CPU)", "fp16": "FP16"}
+QUANTIZE = {"int8": ("--precision", "int8"), "int8nofb": ("--precision", "int8", "--fallback-max-layers", 0),
+            "int8all": ("--precision", "int8", "--int8-first-conv", "--fallback-max-layers", 0),
             "int8h": ("--precision", "int8", "--fp32-heads"),
             "int8u8": ("--precision", "int8", "--activations", "uint8"),
             "fp16": ("--precision", "fp16")}

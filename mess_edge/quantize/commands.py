@@ -26,9 +26,14 @@ import click
 @click.option("--fp32-layer", "fp32_layer", multiple=True, metavar="GRAPH:NODE",
               help="int8: keep this node fp32 too (repeatable): the per-layer fallback, for layers "
               "benchmarks/int8_sensitivity.py finds sensitive.")
+@click.option("--fallback-disagreement", type=click.FloatRange(min=0.0), default=4.0, show_default=True,
+              metavar="PCT", help="int8: a head or final graph whose labels differ from its fp32 labels on more "
+              "than PCT% of the calibration pixels gets convolutions kept fp32, the most helpful first.")
+@click.option("--fallback-max-layers", type=click.IntRange(min=0), default=3, show_default=True,
+              help="int8: at most this many convolutions per graph kept fp32 by the fallback; 0 turns it off.")
 @click.option("--out", "out_dir", required=True, type=click.Path(), help="The new ONNX folder.")
 def quantize(onnx_dir, precision, calib_data, calib_images, calib_method, activations, calib_resize, fp32_heads,
-             int8_first_conv, fp32_layer, out_dir):
+             int8_first_conv, fp32_layer, fallback_disagreement, fallback_max_layers, out_dir):
     """Write ONNX_DIR's graphs at INT8 (Q/DQ) or FP16 into a new ONNX folder that build/profile/run read."""
     from mess_edge.quantize.quantizer import parse_fp32_layer, quantize_folder
 
@@ -38,5 +43,6 @@ def quantize(onnx_dir, precision, calib_data, calib_images, calib_method, activa
         layers.setdefault(graph, []).append(node)
     m = quantize_folder(onnx_dir, precision, out_dir, calib_data, calib_images, calib_method, calib_resize,
                         log=click.echo, activations=activations, fp32_heads=fp32_heads,
-                        first_conv_int8=int8_first_conv, fp32_layers=layers)
+                        first_conv_int8=int8_first_conv, fp32_layers=layers,
+                        fallback_disagreement_pct=fallback_disagreement, fallback_max_layers=fallback_max_layers)
     click.echo("wrote {} graphs at {} and manifest.json to {}".format(len(m["graphs"]), precision, out_dir))

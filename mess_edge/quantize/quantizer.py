@@ -30,6 +30,15 @@ costs the final exit 2.2 of its 2.2 pp at symmetric INT8 (the image's normalised
 coarser than its own 1/255 steps, and the first layer's error reaches every exit); any one of the other 32
 convolutions of segment 0 kept fp32 recovers at most 0.1 pp. It is 1.2% of the final path's MACs (3 input channels).
 ``first_conv_int8=True`` (``--int8-first-conv``) quantizes it too.
+
+INT8 only, by default: an accuracy-aware fallback for the graphs that give labels (heads, final). Each is compared
+with its fp32 self on the calibration images, both fed the same inputs (the INT8 segments' outputs): the share
+of output pixels whose label (argmax of the logits; the final graph's labels) differs. Above
+``fallback_disagreement_pct`` (4%), the convolution whose fp32 fallback lowers it most is kept fp32, one at a
+time, up to ``fallback_max_layers`` (3) per graph, while that helps. The default 4% is set from one model's
+measurement (cpu-mbv2-e8, heads alone at INT8 on 200 cal images: the two heads that lost more than 1 pp mIoU
+relabelled 8.1% and 5.7% of their pixels, every other head at most 3.4% for at most 0.53 pp). The manifest
+records every such graph's disagreement before and after and the nodes kept.
 """
 
 import os
@@ -82,6 +91,59 @@ def fp32_nodes(model, role):
 def image_convs(model):
     """Names of the convolutions that read the graph's ``image`` input directly (segment 0, monolithic)."""
     return [n.name for n in model.graph.node if n.op_type in CONV_OPS and "image" in n.input]
+
+
+FALLBACK_DISAGREEMENT_PCT = 4.0
+FALLBACK_MAX_LAYERS = 3
+
+
+def label_disagreement(fp32_path, int8_path, role, feeds):
+    """% of output pixels whose label differs between two versions of a head (argmax of ``logits``) or final
+    graph (``labels``), fed the same ``feeds``."""
+    import numpy as np
+
+    from mess_edge.runtime.calib_data import ort_graph_runner
+
+    run = ort_graph_runner({"a": fp32_path, "b": int8_path}.__getitem__)
+    differ = total = 0
+    for feed in feeds:
+        a, b = run("a", feed), run("b", feed)
+        la, lb = (a["logits"].argmax(1), b["logits"].argmax(1)) if role == "head" else (a["labels"], b["labels"])
+        differ += int(np.count_nonzero(la != lb))
+        total += la.size
+    return 100.0 * differ / max(total, 1)
+
+
+def _fallback(src, dst, role, feeds, quantize, keep, tol_pct, max_layers):
+    """Keep convolutions of ``src`` fp32, one at a time, while the INT8 graph's labels differ from fp32's on more
+    than ``tol_pct`` % of the pixels (the best candidate each round, re-quantized into ``dst``).
+    ``quantize(path, extra_nodes)`` writes the INT8 graph. Returns {"before_pct", "after_pct", "nodes"}."""
+    import onnx
+
+    before = label_disagreement(src, dst, role, feeds)
+    after, added = before, []
+    if before > tol_pct and max_layers > 0:
+        feeds = list(feeds)  # one graph's calibration inputs, held only while its candidates are tried
+        convs = [n.name for n in name_nodes(onnx.load(src)).graph.node if n.op_type in CONV_OPS]
+        trial = dst + ".trial.onnx"
+        while after > tol_pct and len(added) < max_layers:
+            best = None
+            for node in convs:
+                if node in keep or node in added:
+                    continue
+                quantize(trial, added + [node])
+                got = label_disagreement(src, trial, role, feeds)
+                if best is None or got < best[0]:
+                    best = (got, node)
+            if best is None or best[0] >= after:
+                break  # nothing left helps
+            added.append(best[1])
+            after = best[0]
+        if os.path.exists(trial):
+            os.remove(trial)
+        if added:
+            quantize(dst, added)
+    return {"before_pct": before, "after_pct": after, "nodes": added}
 
 
 class _Reader(object):
@@ -195,7 +257,8 @@ def check_fp32_layers(onnx_dir, manifest, layers, precision):
 
 def quantize_folder(onnx_dir, precision, out_dir, calib_dir=None, max_images=64, calib_method="minmax",
                     allow_resize=False, log=None, activations="int8", fp32_heads=False, first_conv_int8=False,
-                    fp32_layers=None):
+                    fp32_layers=None, fallback_disagreement_pct=FALLBACK_DISAGREEMENT_PCT,
+                    fallback_max_layers=FALLBACK_MAX_LAYERS):
     """Write ``out_dir``: every graph of the fp32 folder ``onnx_dir`` at ``precision`` ("int8" Q/DQ or "fp16"),
     a manifest.json that build / profile / search / run read unchanged, recording precision, quantizer and
     calibration set (path, sha256 of names + bytes, image count, preprocessing). Replaced atomically.
@@ -206,6 +269,8 @@ def quantize_folder(onnx_dir, precision, out_dir, calib_dir=None, max_images=64,
     ``first_conv_int8``: quantize the convolution that reads the image too (kept fp32 by default: see the module
     docstring). ``fp32_layers``: {graph name: [node names]} kept fp32 besides those (INT8 only; the per-layer
     fallback that benchmarks/int8_sensitivity.py ranks); an unknown graph or node is refused in one line.
+    ``fallback_disagreement_pct``, ``fallback_max_layers``: the accuracy-aware fallback of heads and the final
+    graph (module docstring); ``fallback_max_layers=0`` turns it off.
     """
     import time
 
@@ -245,7 +310,7 @@ def quantize_folder(onnx_dir, precision, out_dir, calib_dir=None, max_images=64,
         done = {}  # graph name -> its file in tmp (the quantized segments feed the later graphs' calibration)
         run = ort_graph_runner(lambda name: done[name])
         order = sorted(manifest["graphs"], key=lambda g: (g["role"] != "segment", g.get("index", 0)))
-        entries = {}
+        entries, extra_fields = {}, {}
         for i, g in enumerate(order):
             t0 = time.perf_counter()
             src, dst = os.path.join(onnx_dir, g["file"]), os.path.join(tmp, g["file"])
@@ -253,14 +318,29 @@ def quantize_folder(onnx_dir, precision, out_dir, calib_dir=None, max_images=64,
                 shutil.copyfile(src, dst)
                 got, keep = "fp32", []
             elif precision == "int8":
-                keep = _quantize_int8(src, dst, g["role"], graph_feeds(manifest, g, calib, run), calib_method,
-                                      activations, first_conv_int8, fp32_layers.get(g["name"], ()))
+                feeds = graph_feeds(manifest, g, calib, run)
+                given = list(fp32_layers.get(g["name"], ()))
+
+                def quantize(path, extra, src=src, g=g, feeds=feeds, given=given):
+                    return _quantize_int8(src, path, g["role"], feeds, calib_method, activations, first_conv_int8,
+                                          given + [n for n in extra if n not in given])
+                keep = quantize(dst, [])
                 got = "int8"
+                if g["role"] in ("head", "final"):
+                    fb = _fallback(src, dst, g["role"], feeds, quantize, keep, fallback_disagreement_pct,
+                                   fallback_max_layers)
+                    keep = keep + fb["nodes"]
+                    extra_fields[g["name"]] = {"label_disagreement_pct": fb["after_pct"],
+                                               "label_disagreement_before_fallback_pct": fb["before_pct"],
+                                               "fallback_nodes": fb["nodes"]}
+                    if fb["nodes"]:
+                        log("      {}: labels differed from fp32 on {:.1f}% of pixels; kept fp32: {} -> {:.1f}%"
+                            .format(g["name"], fb["before_pct"], ", ".join(fb["nodes"]), fb["after_pct"]))
             else:
                 keep, got = _convert_fp16(src, dst, g["role"]), "fp16"
             done[g["name"]] = dst
             entries[g["name"]] = dict(g, sha256=sha256_file(dst), precision=got, fp32_nodes=len(keep),
-                                      fp32_sha256=g["sha256"])
+                                      fp32_sha256=g["sha256"], **extra_fields.get(g["name"], {}))
             log("[{:>3}/{}] {:<24} {:<5} ({} nodes kept fp32)  {:.1f} s".format(
                 i + 1, len(order), g["name"], got, len(keep), time.perf_counter() - t0))
         out = dict(manifest, graphs=[entries[g["name"]] for g in manifest["graphs"]], precision=precision,
@@ -268,7 +348,9 @@ def quantize_folder(onnx_dir, precision, out_dir, calib_dir=None, max_images=64,
                    quantizer=dict(_versions(), tool="onnxruntime.quantization.quantize_static (QDQ)" if
                                   precision == "int8" else "onnxruntime.transformers.float16 (keep_io_types)"),
                    calibration=None, fp32_heads=bool(fp32_heads),
-                   fp32_first_conv=precision == "int8" and not first_conv_int8, fp32_layers=fp32_layers)
+                   fp32_first_conv=precision == "int8" and not first_conv_int8, fp32_layers=fp32_layers,
+                   fallback=None if precision != "int8" else {"disagreement_pct": fallback_disagreement_pct,
+                                                              "max_layers": fallback_max_layers})
         if calib is not None:
             out["calibration"] = dict(calib.identity(), method=calib_method, per_channel=True,
                                       symmetric=activations == "int8", activations=activations,

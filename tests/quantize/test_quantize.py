@@ -231,3 +231,52 @@ def test_fp32_layer_keeps_the_named_node_and_refuses_unknown_ones(folders, tmp_p
                         "--fp32-layer", "monolithic:" + convs[1], "--out", str(tmp_path / "bad")], cwd=ROOT,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert r.returncode == 2 and "expected --precision int8" in r.stderr and r.stderr.count("\n") == 1
+
+
+def _labels(path, role, feed):
+    import onnxruntime as ort
+
+    out = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, feed)
+    return out[0].argmax(1) if role == "head" else out[0]
+
+
+def test_label_disagreement_matches_a_per_image_count(folders):
+    from mess_edge.quantize.quantizer import label_disagreement
+
+    rng = np.random.default_rng(7)  # fresh inputs, not the calibration images
+    for name, role, feed_of in (
+            ("head_e1_c1b1r0h0", "head", lambda: {"feat": rng.standard_normal((1, 16, 8, 8)).astype(np.float32),
+                                                  "th_pix": np.array([0.5], np.float32)}),
+            ("final", "final", lambda: {"feat": rng.standard_normal((1, 16, 8, 8)).astype(np.float32)})):
+        fp32, int8 = (os.path.join(folders[p], name + ".onnx") for p in ("fp32", "int8"))
+        shape = [d.dim_value for d in onnx.load(fp32).graph.input[0].type.tensor_type.shape.dim]
+        feeds = [feed_of() for _ in range(6)]
+        for f in feeds:
+            f["feat"] = rng.standard_normal(shape).astype(np.float32)
+        want = 100.0 * np.mean([np.mean(_labels(fp32, role, f) != _labels(int8, role, f)) for f in feeds])
+        assert label_disagreement(fp32, int8, role, feeds) == pytest.approx(want, abs=1e-9)
+        assert label_disagreement(fp32, fp32, role, feeds) == 0.0
+
+
+def test_fallback_keeps_the_most_helpful_convolution_fp32(folders, tmp_path):
+    default = json.load(open(os.path.join(folders["int8"], "manifest.json")))
+    assert default["fallback"] == {"disagreement_pct": 4.0, "max_layers": 3}
+    by0 = {g["name"]: g for g in default["graphs"]}
+    assert {"label_disagreement_pct", "fallback_nodes"} <= set(by0["final"]) and "fallback_nodes" not in by0[
+        "segment_1"]
+    q = str(tmp_path / "fb")
+    # tolerance 0: every graph that relabels any pixel falls back, one convolution at most
+    m = quantize_folder(folders["fp32"], "int8", q, folders["calib"], fallback_disagreement_pct=0.0,
+                        fallback_max_layers=1)
+    fell = [g for g in m["graphs"] if g.get("fallback_nodes")]
+    assert fell, "expected at least one graph whose INT8 labels differ from fp32 on the calibration images"
+    for g in fell:
+        assert len(g["fallback_nodes"]) == 1
+        assert g["label_disagreement_pct"] < g["label_disagreement_before_fallback_pct"]
+        rules = by0[g["name"]]["fp32_nodes"] - len(by0[g["name"]].get("fallback_nodes", []))
+        assert g["fp32_nodes"] == rules + 1
+        nodes = {n.name: n for n in name_nodes(onnx.load(os.path.join(q, g["file"]))).graph.node}
+        assert not nodes[g["fallback_nodes"][0]].input[1].endswith("DequantizeLinear_Output")
+    off = quantize_folder(folders["fp32"], "int8", str(tmp_path / "off"), folders["calib"], fallback_max_layers=0)
+    assert all(not g.get("fallback_nodes") for g in off["graphs"])
+    assert not os.path.exists(os.path.join(q, fell[0]["file"] + ".trial.onnx"))
