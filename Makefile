@@ -12,7 +12,7 @@ $(BIN)/mess-edge: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[train,ort,opencv,dev]"
+	$(BIN)/python -m pip install -q -e ".[train,ort,opencv,imagenet,dev]"
 	touch $@
 
 setup: $(BIN)/mess-edge

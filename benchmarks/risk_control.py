@@ -7,6 +7,8 @@ of re-splits whose held-out drop stays within budget, the mean held-out drop, an
 
     python benchmarks/risk_control.py --memos /tmp/risk/memo_cal.npz /tmp/risk/memo_test.npz \\
         --manifest /tmp/risk/onnx/manifest.json --splits 20
+    python benchmarks/risk_control.py --memos C/memo_cal.npz C/memo_test.npz --manifest C/onnx/manifest.json \\
+        --lut C/engines/lut.json --out risk_control-cpu-effl0-e8     # C = runs/ceilings/cpu-effl0-e8
 """
 
 import argparse
@@ -40,8 +42,12 @@ def main():
     ap.add_argument("--splits", type=int, default=20)
     ap.add_argument("--delta", type=float, default=0.1)
     ap.add_argument("--drops", type=float, nargs="+", default=[0.5, 1.0, 2.0])
+    ap.add_argument("--lut", default=None, help="measured latency table (default: MAC costs from the manifest)")
+    ap.add_argument("--order-fraction", type=float, default=0.5,
+                    help="new-images: share of the search's images that orders the candidates (Promise)")
+    ap.add_argument("--out", default="risk_control", help="result name under benchmarks/results/")
     a = ap.parse_args()
-    costs = load_search_inputs(a.memos[0], a.manifest).costs
+    costs = load_search_inputs(a.memos[0], a.manifest, a.lut).costs
     pooled = concat_memos(load_memo(a.memos[0]), load_memo(a.memos[1]))
     n = pooled.n_images
     rows = {(d, p): [] for d in a.drops for p in ("calibration", "new-images")}
@@ -51,17 +57,20 @@ def main():
         for d in a.drops:
             obj = Objective(max_drop=d / 100.0)
             plain = search(cal, costs, "input-dependent", obj)
-            ctrl, _ = controlled_search(cal, costs, "input-dependent", obj, Promise("new-images", delta=a.delta, seed=s))
+            promise = Promise("new-images", delta=a.delta, seed=s, order_fraction=a.order_fraction)
+            ctrl, _ = controlled_search(cal, costs, "input-dependent", obj, promise)
             for p, r in (("calibration", plain), ("new-images", ctrl)):
                 rows[(d, p)].append((held_out_drop(new, r, "edge"), r.final_only_cost / r.cost))
         report(a, n, rows, s + 1)  # saved after every split: a long run that is cut short keeps what it did
 
 
 def report(a, n, rows, done):
-    """Write benchmarks/results/risk_control.{json,md} from the first ``done`` re-splits."""
+    """Write benchmarks/results/<out>.{json,md} from the first ``done`` re-splits."""
     table, md = [], ["# Risk control: does `--max-drop` hold on held-out images?", "",
-                     "{} of {} re-splits of {} pooled images ({} + {}), input-dependent, MAC costs, delta {}.".format(
-                         done, a.splits, n, n // 2, n - n // 2, a.delta), "",
+                     "{} of {} re-splits of {} pooled images ({} + {}), input-dependent, {}, delta {}, order "
+                     "fraction {}; memos {}.".format(done, a.splits, n, n // 2, n - n // 2,
+                                        "latency from " + a.lut if a.lut else "MAC costs", a.delta, a.order_fraction,
+                                        " + ".join(a.memos)), "",
                      "| max drop (pp) | promise | within budget | mean held-out drop (pp) | worst (pp) | "
                      "mean predicted speedup |", "|---|---|---|---|---|---|"]
     for (d, p), v in rows.items():
@@ -72,8 +81,8 @@ def report(a, n, rows, done):
         table.append(row)
         md.append("| {:g} | {} | {:.0%} | {:.2f} | {:.2f} | {:.2f}x |".format(
             d, p, row["within_budget"], row["mean_drop_pp"], row["worst_drop_pp"], row["mean_speedup"]))
-    save("risk_control", {"memos": a.memos, "manifest": a.manifest, "splits": a.splits, "splits_done": done,
-                          "delta": a.delta, "n_images": n, "rows": table}, "\n".join(md))
+    save(a.out, {"memos": a.memos, "manifest": a.manifest, "lut": a.lut, "splits": a.splits, "splits_done": done,
+                 "delta": a.delta, "order_fraction": a.order_fraction, "n_images": n, "rows": table}, "\n".join(md))
 
 
 if __name__ == "__main__":

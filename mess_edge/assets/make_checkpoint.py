@@ -42,14 +42,21 @@ def main(work="runs/demo-checkpoint"):
         SHIPPED_STAGE1, wall, ev["final"]["miou"], [round(e["miou"], 1) for e in ev["exits"]]))
 
 
-def _ship_without_optimizer(src, dst):
-    """Copy a checkpoint without its optimizer state (stage 2 starts its own): a third of the size."""
+def _ship_without_optimizer(src, dst, half=False):
+    """Copy a checkpoint without its optimizer state (stage 2 starts its own): a third of the size. ``half``:
+    floating-point tensors stored as float16 (half again; loading casts them back to the model's float32, so
+    evaluate the shipped file, not its source), the tensors hash recomputed."""
     import torch
 
     from mess_edge.artifacts import atomic_path
+    from mess_edge.train.checkpoint import tensors_sha256
 
     ck = torch.load(src, map_location="cpu", weights_only=True)
     ck["optimizer"] = None
+    if half:
+        ck["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ck["state_dict"].items()}
+        ck["tensors_sha256"] = tensors_sha256(ck["state_dict"])
+        ck["stored_dtype"] = "float16"
     with atomic_path(dst) as tmp:
         torch.save(ck, tmp)
 

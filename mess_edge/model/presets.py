@@ -7,7 +7,8 @@ from mess_edge.errors import MessError
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    backbone: str            # "resnet" (dilated ResNet, bottleneck blocks) or "mobilenetv2" (inverted residuals)
+    backbone: str            # "resnet" (dilated ResNet, bottleneck blocks), "mobilenetv2" (inverted residuals) or
+    #                          "efficientnet-lite0" (inverted residuals with 5x5 depthwise stages; ImageNet weights)
     final_head: str          # "fcn" or "dlb": the original network's head, kept as the final exit
     input_hw: tuple          # default input size (height, width) in pixels
     num_classes: int         # default number of classes, background included
@@ -26,6 +27,10 @@ PRESETS = {
                             description="dilated ResNet-50 (OS8) + DeepLabV3 ASPP head: the paper's DLBV3"),
     "segmbnetv2-fcn": Preset("mobilenetv2", "fcn", (512, 512), 21, 6,
                              description="MobileNetV2 (OS8, no 1280 conv) + FCN head: the paper's segMBNetV2"),
+    "efflite0-fcn": Preset("efficientnet-lite0", "fcn", (512, 512), 21, 6,
+                           description="EfficientNet-Lite0 (OS8, no 1280 conv) + FCN head, for ImageNet weights"),
+    "cpu-effl0": Preset("efficientnet-lite0", "fcn", (128, 128), 11, 4, aspp_channels=32,
+                        description="EfficientNet-Lite0 at 128x128 on DigitScenes, from ImageNet weights"),
     "cpu-mbv2": Preset("mobilenetv2", "fcn", (128, 128), 11, 4, mbv2_width=0.5, aspp_channels=32,
                        description="width-0.5 segMBNetV2 at 128x128 for CPU demos (DigitScenes)"),
     "cpu-drn": Preset("resnet", "fcn", (128, 128), 11, 4, resnet_layers=(2, 2, 3, 2), resnet_base=16,

