@@ -12,9 +12,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.slow
 def test_demo_pipeline_from_the_shell(tmp_path):
-    from mess_edge.demo import SHIPPED_STAGE1
+    from mess_edge.demo import DEMO_MODELS
 
-    if not os.path.isfile(SHIPPED_STAGE1):
+    if not os.path.isfile(DEMO_MODELS["cpu-effl0"][0]):  # the default model's
         pytest.skip("the shipped stage-1 checkpoint is missing (make demo-checkpoint)")
     out = tmp_path / "demo"
     cli = os.path.join(os.path.dirname(sys.executable), "mess-edge")
