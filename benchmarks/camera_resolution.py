@@ -303,6 +303,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="150 frames per row, no soak")
     ap.add_argument("--soak", action="store_true", help="also 10,000 frames at 1280x720")
     ap.add_argument("--soak-frames", type=int, default=10000)
+    ap.add_argument("--out", default="camera_resolution", help="result name under benchmarks/results/")
     args = ap.parse_args()
     if (args.engines is None) != (args.instance is None):
         sys.exit("--engines and --instance go together")
@@ -346,7 +347,7 @@ def main():
                             "exits": [e["graph"] for e in inst.get("exits", [])]},
                "input_hw": manifest["input_hw"], "targets": {"{}x{}".format(*k): v for k, v in TARGETS.items()},
                "run_conditions": conditions}
-    save("camera_resolution", payload, markdown(rows, alone, every_frame, soak_result, conditions))
+    save(args.out, payload, markdown(rows, alone, every_frame, soak_result, conditions))
 
 
 if __name__ == "__main__":
