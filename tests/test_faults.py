@@ -451,6 +451,22 @@ def test_the_shipped_checkpoint_without_a_hash_still_loads():
     assert load_checkpoint(SHIPPED_STAGE1)["stage"] == 1
 
 
+@pytest.mark.parametrize("model", ["cpu-effl0", "cpu-mbv2"])
+def test_each_demo_models_shipped_checkpoint_is_the_one_its_record_describes(model):
+    from mess_edge.artifacts import sha256_file
+    from mess_edge.demo import DEMO_MODELS
+    from mess_edge.train.checkpoint import load_checkpoint
+
+    path, recipe, _ = DEMO_MODELS[model]
+    with open(path + ".json") as f:
+        record = json.load(f)
+    assert sha256_file(path) == record["sha256"]
+    assert record["command"] == "mess-edge train --data <data> " + " ".join(recipe) + " --out <out>"
+    ck = load_checkpoint(path)  # the tensors hash verifies where there is one
+    assert ck["stage"] == 1 and ck["model_args"]["preset"] == model and ck["optimizer"] is None
+    assert os.path.getsize(path) < 10e6
+
+
 def test_export_parity_is_enforced_at_the_manifests_tolerance():
     from mess_edge.errors import MessError
     from mess_edge.export.exporter import PARITY_TOLERANCE, check_parity
