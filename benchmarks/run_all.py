@@ -86,30 +86,36 @@ def run_one(name, quick, timeout_s):
 
 
 def headline(name, since=None):
-    """(headline text, results markdown or None, results mtime or None) of benchmarks/results/NAME.*.
+    """(headline text, results markdown or None, when the results were taken or None) of
+    benchmarks/results/NAME.*.
 
     The headline is the JSON's "headline" if it has one, else the markdown's first line naming a target or a
-    result, else its first line of prose. Results older than ``since`` (epoch s) count as absent.
+    result, else its first line of prose. When: the JSON's ``conditions.date`` (what _common.save records),
+    else the markdown's modification time (a fresh clone gives every file the clone's time), as "%Y-%m-%d %H:%M".
+    Results older than ``since`` (epoch s) count as absent.
     """
     md_path, js_path = os.path.join(RESULTS, name + ".md"), os.path.join(RESULTS, name + ".json")
     if not os.path.isfile(md_path) or (since is not None and os.path.getmtime(md_path) < since):
         return None, None, None
     with open(md_path, encoding="utf-8") as f:
         md = f.read()
-    text = None
+    text = when = None
     if os.path.isfile(js_path):
         try:
             with open(js_path, encoding="utf-8") as f:
-                text = json.load(f).get("headline")
+                payload = json.load(f)
+            text = payload.get("headline")
+            when = (payload.get("conditions") or {}).get("date")
         except (OSError, ValueError, AttributeError):
-            text = None
+            text = when = None
     lines = [ln.strip() for ln in md.splitlines() if ln.strip()]
     if not text:
         text = next((ln for ln in lines if ln.lower().startswith(("targets", "target:", "result"))), None)
     if not text:
         text = next((ln for ln in lines if not ln.startswith(("#", "|"))), "")
     text = " ".join(text.split())
-    return (text[:400] + " ...") if len(text) > 400 else text, md, os.path.getmtime(md_path)
+    when = when or time.strftime("%Y-%m-%d %H:%M", time.localtime(os.path.getmtime(md_path)))
+    return (text[:400] + " ...") if len(text) > 400 else text, md, when
 
 
 def summary_markdown(records, mode):
@@ -159,9 +165,8 @@ def main(argv=None):
     records = []
     for name in present:
         if name not in chosen:
-            text, md, mtime = headline(name)
-            status = ("saved" if a.summary_only else "not run") + (" (results of {})".format(time.strftime("%Y-%m-%d %H:%M", time.localtime(mtime)))
-                                  if mtime else "")
+            text, md, when = headline(name)
+            status = ("saved" if a.summary_only else "not run") + (" (results of {})".format(when) if when else "")
             records.append({"name": name, "status": status, "wall_s": None, "headline": text, "markdown": md})
             continue
         print("== {} ...".format(name), flush=True)

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -222,6 +223,11 @@ def test_run_all_finds_quick_support_and_headlines(tmp_path, monkeypatch):
     (tmp_path / "b.json").write_text(json.dumps({"headline": "median 2% (met)"}))
     assert run_all.headline("a")[0] == "Targets: 3 ms (met)."
     assert run_all.headline("b")[0] == "median 2% (met)"
+    # when: the date the results record, not the file's mtime (a fresh clone's)
+    (tmp_path / "b.json").write_text(json.dumps({"headline": "x", "conditions": {"date": "2026-11-26 19:53"}}))
+    assert run_all.headline("b")[2] == "2026-11-26 19:53"
+    assert run_all.headline("a")[2] == time.strftime("%Y-%m-%d %H:%M",
+                                                     time.localtime(os.path.getmtime(str(tmp_path / "a.md"))))
     assert run_all.headline("a", since=os.path.getmtime(str(tmp_path / "a.md")) + 10) == (None, None, None)
 
 
