@@ -13,6 +13,7 @@ path (chain of segments -> final; and the monolithic graph) of every
 precision timed in one process, interleaved round by round: only the ratios mean something here.
 
     python benchmarks/precision.py [--model cpu-mbv2-e8]     # reuses what exists in runs/precision-<model>
+    python benchmarks/precision.py --model cpu-effl0-e8 --precisions fp32,int8,int8nofb,fp16
 """
 
 import argparse
@@ -207,6 +208,7 @@ def markdown(payload):
 
 
 def main():
+    global PRECISIONS
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="cpu-mbv2-e8", help="a model under benchmarks/models/, or 'short'")
     ap.add_argument("--work", default=None, help="default runs/precision-<model>")
@@ -216,7 +218,13 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=0.3, help="per measurement")
     ap.add_argument("--max-drop", type=float, default=1.0, help="pp")
+    ap.add_argument("--precisions", default=",".join(PRECISIONS),
+                    help="comma-separated subset to run (fp32 and int8 always): a quicker run on a larger model")
     a = ap.parse_args()
+    wanted = set(a.precisions.split(",")) | {"fp32", "int8"}
+    if not wanted <= set(PRECISIONS):
+        sys.exit("got --precisions {}; expected names among {}".format(a.precisions, ",".join(PRECISIONS)))
+    PRECISIONS = tuple(p for p in PRECISIONS if p in wanted)  # every function below reads this one tuple
     t0 = time.time()
     work = a.work or os.path.join(ROOT, "runs", "precision-" + a.model)
     paths = prepare(work, a.model, a.n_eval, a.stage2_steps, a.calib_images, lambda s: print("..", s, flush=True))
