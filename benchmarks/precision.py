@@ -57,6 +57,8 @@ def prepare(work, model, n_eval, stage2_steps, calib_images, log):
     if not os.path.isdir(onnx["fp32"]):
         log("export"), cli("export", ckpt, "--out", onnx["fp32"])
     for p, args in QUANTIZE.items():
+        if p not in PRECISIONS:
+            continue  # not asked for (--precisions)
         onnx[p] = os.path.join(work, "onnx-" + p)
         if not os.path.isdir(onnx[p]):
             extra = ("--calib-data", data, "--calib-images", calib_images) if p != "fp16" else ()
