@@ -15,6 +15,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks import exit_cost_by_size as ecs  # noqa: E402
 from benchmarks import flops_vs_latency as fvl  # noqa: E402
 from benchmarks import lut_fidelity as lf  # noqa: E402
 from benchmarks import run_all  # noqa: E402
@@ -208,6 +209,28 @@ def test_artifact_options_must_come_together():
     ns = argparse.Namespace(engines=None, memo=None, onnx="o", lut=None, data=None, work=None, threads=None)
     with pytest.raises(MessError, match="got --onnx/--lut without --engines and --memo"):
         lf.resolve_artifacts(ns, "lut_fidelity", 0.3)
+
+
+# -- exit_cost_by_size ------------------------------------------------------------------------------------------
+
+def test_exit_path_ratios_price_the_chain_as_it_runs():
+    t = lambda v: {"median_ms": v + 1, "mean_ms": v}  # noqa: E731 (means are what the search prices)
+    lut = {"segments": [t(2.0), t(3.0)], "final": t(5.0), "upsample": t(0.5),
+           "heads": [dict(t(1.0), name="head_e0_c0b0r0h0"), dict(t(0.2), name="head_e0_c1b0r0h0"),
+                     dict(t(0.4), name="head_e1_c0b0r0h0")],
+           "stretches": [dict(t(7.0), **{"from": 0, "to": 2})]}  # segments 0..final fused: 7 ms, not 10
+    best, final = ecs.path_ratios(lut)
+    assert final == 7.0
+    assert best[0] == ("head_e0_c1b0r0h0", pytest.approx((2.0 + 0.2 + 0.5) / 7.0))
+    assert best[1] == ("head_e1_c0b0r0h0", pytest.approx((2.0 + 3.0 + 0.4 + 0.5) / 7.0))
+    manifest = {"graphs": [{"name": "segment_0", "role": "segment", "gmacs": 1.0},
+                           {"name": "segment_1", "role": "segment", "gmacs": 2.0},
+                           {"name": "final", "role": "final", "gmacs": 5.0},
+                           {"name": "head_e0_c0b0r0h0", "role": "head", "gmacs": 0.5},
+                           {"name": "head_e1_c0b0r0h0", "role": "head", "gmacs": 0.1}]}
+    macs = ecs.mac_ratios(manifest)
+    assert macs[0] == ("head_e0_c0b0r0h0", pytest.approx(1.5 / 8.0))
+    assert macs[1] == ("head_e1_c0b0r0h0", pytest.approx(3.1 / 8.0))
 
 
 # -- run_all bookkeeping ----------------------------------------------------------------------------------------
