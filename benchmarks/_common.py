@@ -11,6 +11,22 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
 
+def chain_prices(lut):
+    """(ms(entry), backbone(k), final-only ms) of a lut.json, priced as the chain runs: an entry's mean where the
+    table has one (else its median); backbone(k) = segments 0..k, the fused stretch from 0 when the table has one
+    (k = the number of segments: through the final graph)."""
+    def ms(e):
+        return float(e.get("mean_ms", e["median_ms"]))
+
+    graphs = [ms(s) for s in lut["segments"]] + [ms(lut["final"])]
+    fused = {int(s["to"]): ms(s) for s in lut.get("stretches", []) if int(s["from"]) == 0}
+
+    def backbone(k):
+        return fused[k] if k in fused else float(sum(graphs[:k + 1]))
+
+    return ms, backbone, backbone(len(graphs) - 1)
+
+
 def cli(*args, capture=True):
     """Run `mess-edge ARGS` in its own process; return stdout. Raises on failure with the stderr tail."""
     cmd = [sys.executable, "-m", "mess_edge.cli"] + [str(a) for a in args]

@@ -32,7 +32,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._common import RESULTS, ROOT, cli, save  # noqa: E402
+from benchmarks._common import RESULTS, ROOT, chain_prices, cli, save  # noqa: E402
 
 DROPS = (0.1, 0.25, 0.5, 1.0, 2.0)
 POLICIES = ("eq7", "teacher", "label-aware")
@@ -134,16 +134,8 @@ def head_costs(p, memo):
 
     with open(p["lut"]) as f:
         lut = json.load(f)
-
-    def ms(e):
-        return float(e.get("mean_ms", e["median_ms"]))
-
+    ms, backbone, final = chain_prices(lut)
     graphs = [ms(s) for s in lut["segments"]] + [ms(lut["final"])]
-    fused = {int(s["to"]): ms(s) for s in lut.get("stretches", []) if int(s["from"]) == 0}
-
-    def backbone(k):
-        return fused[k] if k in fused else float(sum(graphs[:k + 1]))
-
     head_ms = {h["name"]: ms(h) for h in lut["heads"]}
     up = ms(lut["upsample"])
     leave, passing = [], []
@@ -152,7 +144,7 @@ def head_costs(p, memo):
         name = "head_" + memo.head_label(h).replace(":", "_")
         leave.append(backbone(k) + head_ms[name] + up)
         passing.append(backbone(k) + head_ms[name] + float(sum(graphs[k + 1:])))
-    return np.array(leave), np.array(passing), backbone(len(graphs) - 1)
+    return np.array(leave), np.array(passing), final
 
 
 def _best_cut(order, stats_h, stats_f, floor):

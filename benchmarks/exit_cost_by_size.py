@@ -20,7 +20,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._common import ROOT, cli, save  # noqa: E402
+from benchmarks._common import ROOT, chain_prices, cli, save  # noqa: E402
 
 
 def sized_checkpoint(src, dst, size):
@@ -37,16 +37,7 @@ def sized_checkpoint(src, dst, size):
 
 def path_ratios(lut):
     """{exit index: (cheapest head's name, leave-path ms / final-path ms)} and the final path's ms."""
-    def ms(e):
-        return float(e.get("mean_ms", e["median_ms"]))
-
-    graphs = [ms(s) for s in lut["segments"]] + [ms(lut["final"])]
-    fused = {int(s["to"]): ms(s) for s in lut.get("stretches", []) if int(s["from"]) == 0}
-
-    def backbone(k):
-        return fused[k] if k in fused else float(sum(graphs[:k + 1]))
-
-    final = backbone(len(graphs) - 1)
+    ms, backbone, final = chain_prices(lut)
     best = {}
     for h in lut["heads"]:
         k = int(h["name"].split("_")[1][1:])  # head_e{k}_{arch}

@@ -48,7 +48,7 @@ def _cli(*args, capture=False):
 
 def make(name, work):
     from mess_edge.artifacts import sha256_file, write_json_atomic
-    from mess_edge.assets.make_checkpoint import _ship_without_optimizer
+    from mess_edge.assets.make_checkpoint import ship
     from mess_edge.runtime.device import cpu_model
 
     stage1_recipe, stage2_recipe = MODELS[name]
@@ -70,10 +70,7 @@ def make(name, work):
     out_dir = os.path.join(MODELS_DIR, name)
     os.makedirs(out_dir, exist_ok=True)
     dst = os.path.join(out_dir, "stage2.pt")
-    _ship_without_optimizer(stage2, dst)
-    half = os.path.getsize(dst) / 1e6 > MAX_COMMIT_MB
-    if half:  # fp16 storage (cpu-effl0: 18 -> 9 MB); the test mIoU below is the shipped file's
-        _ship_without_optimizer(stage2, dst, half=True)
+    half = ship(stage2, dst, MAX_COMMIT_MB)  # fp16 storage (cpu-effl0: 18 -> 9 MB): test mIoU of the shipped file
     ev = json.loads(_cli("eval", dst if half else stage2, "--data", DATA, "--split", "test", "--json",
                          capture=True))
     ev["checkpoint"] = "stage2.pt as shipped (float16 weights)" if half else "stage2.pt"
@@ -96,13 +93,10 @@ def make(name, work):
 
 
 def _trained_s(ckpt, elapsed):
-    """Training seconds of a checkpoint (its own metrics.wall_s, also when it was trained before this run)."""
-    import torch
+    """Training seconds of a checkpoint; 0 for the demo's shipped stage 1 (its .json has the time)."""
+    from mess_edge.assets.make_checkpoint import trained_seconds
 
-    if os.path.abspath(ckpt) == os.path.abspath(SHIPPED_STAGE1):
-        return 0.0  # the demo's: its .json has the time
-    wall = torch.load(ckpt, map_location="cpu", weights_only=True).get("metrics", {}).get("wall_s")
-    return round(float(wall if wall is not None else elapsed), 1)
+    return 0.0 if os.path.abspath(ckpt) == os.path.abspath(SHIPPED_STAGE1) else trained_seconds(ckpt, elapsed)
 
 
 def main(names):

