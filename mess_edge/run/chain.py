@@ -65,6 +65,8 @@ class Plan(object):
             raise MessError("got instance setting {!r}; expected one of {}".format(setting, ", ".join(SETTINGS)))
         _check_provenance(engines, instance)
         self.setting, self.final = setting, bool(instance.get("final", True))
+        cost = instance.get("expected_cost")  # the search's estimate per frame, in ms when priced by a latency table
+        self.expected_ms = float(cost) if instance.get("cost_unit") == "ms" and isinstance(cost, (int, float)) else None
         th_pix = instance.get("th_pix")
         self.th_pix = DEFAULT_TH_PIX if th_pix is None else float(th_pix)
         self.segments = [g["name"] for g in engines.by_role("segment")]

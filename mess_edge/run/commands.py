@@ -28,7 +28,8 @@ from mess_edge.run.stats import format_stats
 @click.option("--stats", "stats_path", default=None, help="Write the end-of-run statistics here (JSON).")
 @click.option("--max-frames", type=int, default=None, help="Stop after N processed frames.")
 @click.option("--deadline-ms", type=float, default=None, help="Anytime instances: deadline per frame.")
-@click.option("--threads", type=int, default=None, help="ONNX Runtime threads [default: physical cores].")
+@click.option("--threads", type=int, default=None, help="ONNX Runtime threads [default: the physical cores, less one "
+              "when decoding or drawing has no idle time of the loop to run in].")
 @click.option("--device", "device_index", type=int, default=0, show_default=True,
               help="TensorRT: CUDA device index the engines run on.")
 @click.option("--realtime/--no-realtime", default=False, show_default=True,
@@ -45,19 +46,17 @@ def run(instance, engine_dir, camera, source, camera_size, camera_fps, camera_fo
         final_only_frames, device_index):
     """Run INSTANCE on a camera, a file or a stream: overlaid frames out, statistics at the end. Ctrl-C stops
     it after writing the video and the statistics, with exit status 130."""
-    from mess_edge.runtime.ort_runner import configure_ort_threads
-
-    configure_ort_threads(threads)  # this process owns its ONNX Runtime use: one pool for every engine
     cfg = RunConfig(instance=instance, engines=engine_dir, camera=camera, source=source, output=output,
                     display=display, stats=stats_path, max_frames=max_frames, deadline_ms=deadline_ms,
                     realtime=realtime, loop=loop, timeout_s=timeout_s, final_only_frames=final_only_frames,
                     final_only_every=final_only_every, camera_fps=camera_fps, camera_fourcc=camera_fourcc,
                     camera_size=None if camera_size is None else parse_size(camera_size), fit=fit,
                     device_index=device_index,
-                    overlay_width=overlay_width)
-    stats = run_stream(cfg, log=lambda line: click.echo(line, err=True))
+                    overlay_width=overlay_width, threads=threads)
+    stats = run_stream(cfg, log=lambda line: click.echo(line, err=True), own_ort=True)
     click.echo(format_stats(stats))
     if stats.get("signal"):  # stopped by Ctrl-C / SIGTERM after writing everything: say so to the caller
         import signal
 
         return 128 + int(getattr(signal, stats["signal"]))
+

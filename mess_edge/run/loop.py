@@ -47,6 +47,7 @@ class RunConfig:
     fit: str = "letterbox"                 # how frames go into the network's input: letterbox, crop or stretch
     overlay_width: Optional[int] = None    # draw (show, write) the overlay this many pixels wide [default: the frame's]
     device_index: int = 0                  # TensorRT: the CUDA device the engines run on
+    threads: Optional[int] = None          # ONNX Runtime intra-op threads [default: run_threads]
 
 
 def _check(cfg):
@@ -84,6 +85,57 @@ def _check(cfg):
         output_kind(cfg.output)  # an unknown extension is an error before the camera opens
 
 
+def presents(cfg):
+    """Whether the run draws its frames: an output to write, or a window where there is a screen to open it on."""
+    return bool(cfg.output) or (cfg.display and bool(os.environ.get("DISPLAY")))
+
+
+def side_work(cfg):
+    """What the run's other threads do besides inference, in words (empty: nothing measurable): decoding a
+    file or a stream on the capture thread, drawing and writing or showing on the presenter's."""
+    work = ["decoding the source"] if cfg.source is not None else []
+    return work + (["drawing and writing the output"] if presents(cfg) else [])
+
+
+def loop_has_time(period_ms, expected_ms):
+    """Whether the loop waits for frames, so that the capture and presenter threads work in its idle time: a
+    paced source (a camera, a stream, a ``--realtime`` file: ``period_ms`` between frames; None for a file read
+    as fast as it decodes) at least twice the instance's expected latency (``expected_ms``, the search's estimate
+    from a table profiled on every core); with no estimate, a camera's rate (60 fps or slower)."""
+    if period_ms is None:
+        return False
+    return period_ms >= (2.0 * expected_ms if expected_ms else 1000.0 / 60)
+
+
+def run_threads(threads, side, cores, spare_time=False):
+    """ONNX Runtime's intra-op threads for ``mess-edge run`` and the line that says why (None when there is nothing
+    to say): ``threads`` when given; else ``cores`` (the physical cores), less one when there is ``side`` work
+    (side_work) and the loop has no time to spare for it (loop_has_time). Measured on 2 cores
+    (benchmarks/results/camera_resolution.md and -cpu-effl0-e8.md, both settings back to back): from a camera faster than
+    inference with a 1280x720 mp4 written, ORT's pool on both cores made the cpu-mbv2-e8 instance's frames 3.9 ms
+    instead of 2.9, the loop 239 instead of 339 fps and end-to-end p50 19.4 instead of 10.7 ms; but from a 60 fps
+    camera, where the loop waits for frames, both cores were faster end to end: 7.0 vs 8.1 ms (cpu-mbv2-e8),
+    11.3 vs 16.6 ms (cpu-effl0-e8)."""
+    if threads is not None or not side or cores < 2 or spare_time:
+        return threads, None
+    return cores - 1, ("ONNX Runtime engines: {} of {} cores infer, one is left to {}; --threads {} uses all of "
+                       "them".format(cores - 1, cores, " and ".join(side), cores))
+
+
+def _configure_threads(cfg, source, plan, backend, log):
+    """Set the process's ORT pool for this run (run_threads), once the source says its frame rate."""
+    from mess_edge.runtime.device import physical_cores
+    from mess_edge.runtime.ort_runner import configure_ort_threads
+
+    paced = source.live or cfg.realtime
+    period = 1000.0 / (source.fps or 30.0) if paced else None
+    threads, why = run_threads(cfg.threads, side_work(cfg), physical_cores(), loop_has_time(
+        period, plan.expected_ms))
+    configure_ort_threads(threads)
+    if why and backend == "ort":
+        log(why)
+
+
 STOP_SIGNALS = ("SIGINT", "SIGTERM")  # Ctrl-C; what `timeout`, systemd and `docker stop` send
 
 
@@ -102,12 +154,14 @@ def _signals_stop(stop, caught):
     return {sig: signal.signal(sig, handler) for sig in (getattr(signal, n) for n in STOP_SIGNALS)}
 
 
-def run_stream(cfg, log=None, on_frame=None, on_output=None):
+def run_stream(cfg, log=None, on_frame=None, on_output=None, own_ort=False):
     """Run ``cfg.instance`` on the frames of ``cfg.camera`` / ``cfg.source``; return the statistics dict
     (also written to ``cfg.stats``). ``on_frame(index, result, to_result_ms)`` is called on the loop's thread
     after each frame's inference (capture to label map); ``on_output(index, end_to_end_ms)`` after each frame's
     output (capture to written / shown), on the presenter's thread when there is an output or a window.
-    ORT threading is the process's: the command calls configure_ort_threads first."""
+    ``own_ort``: this process owns its ONNX Runtime use (the run command), so run_stream sets its one pool
+    once the source is open (run_threads); else the caller has (configure_ort_threads) or uses ORT elsewhere in
+    the process, where a global pool would refuse its plain sessions (tests)."""
     from mess_edge.run.capture import Source
     from mess_edge.run.chain import Chain, load_instance
     from mess_edge.build.engine_set import load_engines
@@ -125,14 +179,16 @@ def run_stream(cfg, log=None, on_frame=None, on_output=None):
                 if v is not None}
     source = Source(cfg.camera if live else cfg.source, camera=live, timeout_s=cfg.timeout_s, loop=cfg.loop,
                     camera_settings=settings)
-    with chain:
-        try:
-            source.open()
-            if source.delivers is not None:
-                log(_camera_line(cfg.camera, source.delivers, settings))
+    try:
+        source.open()
+        if source.delivers is not None:
+            log(_camera_line(cfg.camera, source.delivers, settings))
+        if own_ort:
+            _configure_threads(cfg, source, chain.plan, engines.backend, log)
+        with chain:  # the engines' sessions open here, in the pool just set
             return _loop(cfg, chain, source, engines, log, on_frame, on_output)
-        finally:
-            source.close()
+    finally:
+        source.close()
 
 
 def _check_outputs(cfg):
@@ -145,6 +201,14 @@ def _check_outputs(cfg):
     source = cfg.source if cfg.source is not None and os.path.exists(cfg.source) else None
     check_outputs([Output("--output", cfg.output, folder=not video), Output("--stats", cfg.stats)],
                   [("INSTANCE", cfg.instance), ("--engines", cfg.engines), ("--source", source)])
+
+
+def _ort_threads(backend):
+    """The intra-op threads ONNX Runtime engines ran with (None for TensorRT, or when the process set none)."""
+    from mess_edge.runtime.ort_runner import ort_threading
+
+    t = ort_threading() if backend == "ort" else None
+    return t.intra_threads if t is not None else None
 
 
 def parse_size(text):
@@ -194,9 +258,10 @@ def _loop(cfg, chain, source, engines, log, on_frame, on_output):
     pre = Preprocessor(engines.manifest["input_hw"], engines.manifest["normalization"], fit=cfg.fit,
                        allocate=getattr(chain.backend, "input_buffer", None))
     drops = source.live or cfg.realtime
-    capture = Capture(source, cfg.queue_size or (1 if source.live else 2), newest_wins=drops, pace_fps=(source.fps or 30.0) if (
-        cfg.realtime and not source.live) else None, max_frames=None if drops else cfg.max_frames,
-        reconnect_delays_s=cfg.reconnect_delays_s, prepare=pre)  # frames arrive preprocessed
+    pace = (source.fps or 30.0) if cfg.realtime and not source.live else None
+    capture = Capture(source, cfg.queue_size or (1 if source.live else 2), newest_wins=drops, pace_fps=pace,
+                      max_frames=None if drops else cfg.max_frames, reconnect_delays_s=cfg.reconnect_delays_s,
+                      prepare=pre)  # frames arrive preprocessed
     show = cfg.display and bool(os.environ.get("DISPLAY"))
     if cfg.display and not show:
         log("no window: DISPLAY is not set, so there is no screen to open one on; --no-display says you know")
@@ -279,7 +344,8 @@ def _loop(cfg, chain, source, engines, log, on_frame, on_output):
                        engines=cfg.engines, setting=chain.plan.setting, backend=engines.backend,
                        deadline_ms=cfg.deadline_ms, display=show, output=cfg.output, fit=cfg.fit,
                        signal=signal.Signals(caught[0]).name if caught else None,
-                       fit_geometry=_geometry_dict(pre.current), overlay_width=cfg.overlay_width)
+                       fit_geometry=_geometry_dict(pre.current), overlay_width=cfg.overlay_width,
+                       ort_threads=_ort_threads(engines.backend))
         if cfg.stats:
             write_json_atomic(cfg.stats, summary)
     if capture.error is not None:

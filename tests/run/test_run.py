@@ -23,7 +23,9 @@ from mess_edge.run.capture import Capture, Source, fourcc_text, valid_frame
 from mess_edge.run.chain import FrameResult, ReferenceChain
 from mess_edge.build.engine_set import load_engines
 from mess_edge.run.present import Presenter
-from mess_edge.run.loop import RunConfig, _camera_line, parse_size, run_stream
+from mess_edge.run.loop import (RunConfig, _camera_line, loop_has_time, parse_size, presents, run_stream,
+                                run_threads, side_work)
+from mess_edge.runtime.device import physical_cores
 from mess_edge.run.stats import LatencyHistogram
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -473,3 +475,34 @@ def test_no_window_is_said_a_bad_output_is_an_error_and_the_fit_is_recorded(setu
     assert r.returncode == 2 and "Traceback" not in r.stderr and not os.path.exists(str(tmp_path / "out2.mp"))
     assert r.stderr.strip().splitlines()[-1].startswith("error: got --output {}; expected a video path".format(
         tmp_path / "out2.mp"))
+
+
+def test_a_run_that_decodes_or_draws_without_idle_time_leaves_a_core_to_that_work(setup, tmp_path, monkeypatch):
+    decoding, drawing = "decoding the source", "drawing and writing the output"
+    assert run_threads(None, [], 2) == (None, None)  # nothing else to do: ORT's default, all the cores
+    assert run_threads(3, [drawing], 2) == (3, None) and run_threads(None, [drawing], 1) == (None, None)
+    assert run_threads(None, [drawing], 2, spare_time=True) == (None, None)  # the loop waits for frames anyway
+    assert run_threads(None, [decoding, drawing], 8) == (7, "ONNX Runtime engines: 7 of 8 cores infer, one is "
+                                                         "left to decoding the source and drawing and writing the "
+                                                         "output; --threads 8 uses all of them")
+    assert not loop_has_time(None, 2.0)  # a file read as fast as it decodes
+    assert loop_has_time(1000 / 60.0, 2.0) and not loop_has_time(1000 / 600.0, 1.4)  # a camera's rate, a fast one
+    assert not loop_has_time(1000 / 60.0, 8.5) and loop_has_time(1000 / 60.0, None)  # no estimate: <= 60 fps
+    assert not loop_has_time(1000 / 61.0, None)
+    monkeypatch.delenv("DISPLAY", raising=False)
+    assert side_work(RunConfig("i", "e", source="v", output="o.mp4")) == [decoding, drawing]
+    assert side_work(RunConfig("i", "e", camera=0)) == [] and not presents(RunConfig("i", "e", camera=0))
+    monkeypatch.setenv("DISPLAY", ":0")
+    assert side_work(RunConfig("i", "e", camera=0)) == [drawing]
+    assert side_work(RunConfig("i", "e", camera=0, display=False)) == []
+    engines, video, inst_path, _ = setup  # a 25 fps clip; an instance without a latency estimate
+    cores = physical_cores()
+    for realtime, want in ((False, max(1, cores - 1)), (True, cores)):  # every frame as fast as it decodes; paced
+        stats = str(tmp_path / "s{}.json".format(realtime))
+        r = cli("run", inst_path, "--engines", engines.dir, "--source", video, "--no-display", "--max-frames", 2,
+                "--stats", stats, "--output", str(tmp_path / "o{}.mp4".format(realtime)),
+                *(["--realtime"] if realtime else []))
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert json.load(open(stats))["ort_threads"] == want
+        said = "{} of {} cores infer, one is left to decoding the source and drawing".format(cores - 1, cores)
+        assert (said in r.stderr) == (want < cores)
