@@ -15,6 +15,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks import calibration_size as cs  # noqa: E402
 from benchmarks import exit_cost_by_size as ecs  # noqa: E402
 from benchmarks import flops_vs_latency as fvl  # noqa: E402
 from benchmarks import lut_fidelity as lf  # noqa: E402
@@ -22,7 +23,9 @@ from benchmarks import run_all  # noqa: E402
 from mess_edge.errors import MessError  # noqa: E402
 from mess_edge.search import costs_from_lut  # noqa: E402
 from mess_edge.search.memo import arch_dict, head_graph_name  # noqa: E402
-from mess_edge.search.synthetic import random_memo  # noqa: E402
+from mess_edge.search.optimizer import Objective, search  # noqa: E402
+from mess_edge.search.risk import subset_memo  # noqa: E402
+from mess_edge.search.synthetic import random_costs, random_memo  # noqa: E402
 
 
 # -- Spearman ------------------------------------------------------------------------------------------------
@@ -285,3 +288,31 @@ def test_run_all_gives_flops_vs_latency_a_trained_export_when_there(tmp_path, mo
     cmd = run_all.command("flops_vs_latency", quick=True)
     assert cmd[2:] == ["--quick", "--onnx", str(tmp_path / "onnx"), "--engines", str(tmp_path / "engines"),
                        "--memo", str(tmp_path / "memo_cal.npz")]
+
+
+def test_calibration_size_draws_replay_each_choice_on_the_test_memo():
+    pool = random_memo(n_points=3, heads_per_point=2, n_images=160, n_classes=4, gt_pixels=64, native_pixels=16,
+                       seed=5)
+    test = random_memo(n_points=3, heads_per_point=2, n_images=50, n_classes=4, gt_pixels=64, native_pixels=16,
+                       seed=6)
+    costs = random_costs(pool, 3, seed=5)
+    rows = cs.measure(pool, test, costs, sizes=[80, 160], drops=[1.0, 5.0], draws=2, delta=0.1)
+    assert sorted(rows) == sorted((n, d, p) for n in (80, 160) for d in (1.0, 5.0) for p in cs.PROMISES)
+    assert all(len(v) == 2 for v in rows.values())
+    for k in range(2):  # the plain choice of draw k, found again by hand on the same subset
+        idx = np.sort(np.random.default_rng(2000 + k).permutation(160)[:80])
+        plain = search(subset_memo(pool, idx), costs, "input-dependent", Objective(max_drop=0.05))
+        assert rows[(80, 5.0, "calibration")][k] == pytest.approx(
+            (cs.held_out_drop(test, plain, "edge"), plain.final_only_cost / plain.cost))
+    whole = search(pool, costs, "input-dependent", Objective(max_drop=0.01))  # N = the pool: every image
+    assert rows[(160, 1.0, "calibration")][0][1] == pytest.approx(whole.final_only_cost / whole.cost)
+    table = {(r["n_cal"], r["max_drop_pp"], r["promise"]): r for r in cs.table(rows)}
+    r = table[(80, 1.0, "new-images")]
+    drops = [x[0] for x in rows[(80, 1.0, "new-images")]]
+    assert r["within_budget"] == np.mean(np.array(drops) <= 1.0) and r["mean_test_drop_pp"] == pytest.approx(
+        np.mean(drops))
+    for n in (80, 160):  # the promise never predicts more speedup than the plain choice on the same images
+        for d in (1.0, 5.0):
+            assert table[(n, d, "new-images")]["mean_predicted_speedup"] <= (
+                table[(n, d, "calibration")]["mean_predicted_speedup"] + 1e-9)
+
