@@ -18,7 +18,7 @@ def test_demo_pipeline_from_the_shell(tmp_path):
         pytest.skip("the shipped stage-1 checkpoint is missing (make demo-checkpoint)")
     out = tmp_path / "demo"
     cli = os.path.join(os.path.dirname(sys.executable), "mess-edge")
-    cmd = "{} demo --out {} --n-train 48 --n-eval 24 --stage2-epochs 1 --max-frames 12 --profile-seconds 0.02".format(
+    cmd = "{} demo --out {} --n-train 48 --n-cal 24 --n-test 24 --stage2-epochs 1 --max-frames 12 --profile-seconds 0.02".format(
         cli, out)
     r = subprocess.run(cmd, shell=True, cwd=str(tmp_path), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
