@@ -9,7 +9,7 @@ import click
 from mess_edge.confidence import DEFAULT_TH_PIX
 
 
-_THREADS = click.option("--threads", type=int, default=None,
+_THREADS = click.option("--threads", type=click.IntRange(1), default=None,
                         help="ONNX Runtime: threads of the process-wide pool [default: physical cores].")
 _DEVICE = click.option("--device", "device_index", type=int, default=0, show_default=True,
                        help="TensorRT: CUDA device index the engines run on.")

@@ -28,8 +28,8 @@ from mess_edge.run.stats import format_stats
 @click.option("--stats", "stats_path", default=None, help="Write the end-of-run statistics here (JSON).")
 @click.option("--max-frames", type=int, default=None, help="Stop after N processed frames.")
 @click.option("--deadline-ms", type=float, default=None, help="Anytime instances: deadline per frame.")
-@click.option("--threads", type=int, default=None, help="ONNX Runtime threads [default: the physical cores, less one "
-              "when decoding or drawing has no idle time of the loop to run in].")
+@click.option("--threads", type=click.IntRange(1), default=None, help="ONNX Runtime threads [default: the physical "
+              "cores, less one when decoding or drawing has no idle time of the loop to run in].")
 @click.option("--device", "device_index", type=int, default=0, show_default=True,
               help="TensorRT: CUDA device index the engines run on.")
 @click.option("--realtime/--no-realtime", default=False, show_default=True,

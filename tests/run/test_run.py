@@ -506,3 +506,6 @@ def test_a_run_that_decodes_or_draws_without_idle_time_leaves_a_core_to_that_wor
         assert json.load(open(stats))["ort_threads"] == want
         said = "{} of {} cores infer, one is left to decoding the source and drawing".format(cores - 1, cores)
         assert (said in r.stderr) == (want < cores)
+    r = cli("run", inst_path, "--engines", engines.dir, "--source", video, "--no-display", "--threads", 0)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "Invalid value for '--threads': 0 is not in the range x>=1" in r.stderr
