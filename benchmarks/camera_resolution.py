@@ -13,7 +13,7 @@ each with no output, with mp4 output at the frame's size, and with mp4 output of
 (``--overlay-width 960``, 1280x720 and 1920x1080 only); at 1280x720 also a camera at 60 fps (a real camera's
 rate: the presenter is free when each result comes) with mp4 output. Each size runs twice, back to back, in a
 fresh process each: with ONNX Runtime on all the physical cores and on one less, which is what ``mess-edge run``
-takes when a file is decoded or an output written (loop.run_threads); the main table shows run's choice, a
+takes when a file is decoded or an output written (threads.run_threads); the main table shows run's choice, a
 second one the two side by side. Reported per row: loop fps / (1 / mean inference
 latency) of the same run, overlay and output p50, end-to-end p50 (capture to written) against the mean
 inference latency, and how many frames the writer kept. Then a file read without ``--realtime`` (every frame
@@ -259,10 +259,10 @@ def out_text(r):
 
 
 def run_choice(r, c):
-    """The ORT threads `mess-edge run` takes for row ``r`` (loop.run_threads): one core left when a file is decoded
+    """The ORT threads `mess-edge run` takes for row ``r`` (threads.run_threads): one core left when a file is decoded
     or an output written and the loop has no idle time for that work (a source faster than twice the
     instance's expected latency)."""
-    from mess_edge.run.loop import loop_has_time, run_threads
+    from mess_edge.run.threads import loop_has_time, run_threads
 
     side = [] if r["source"].startswith("camera") and r["output"] == "none" else ["work"]
     period = 1000.0 / r.get("source_fps", CAMERA_FPS) if r.get("realtime", True) else None
@@ -396,7 +396,7 @@ def child_main(args):
 
 
 def main():
-    from mess_edge.run.loop import run_threads
+    from mess_edge.run.threads import run_threads
     from mess_edge.runtime.device import physical_cores
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -23,8 +23,8 @@ from mess_edge.run.capture import Capture, Source, fourcc_text, valid_frame
 from mess_edge.run.chain import FrameResult, ReferenceChain
 from mess_edge.build.engine_set import load_engines
 from mess_edge.run.present import Presenter
-from mess_edge.run.loop import (RunConfig, _camera_line, loop_has_time, parse_size, presents, run_stream,
-                                run_threads, side_work)
+from mess_edge.run.loop import RunConfig, _camera_line, parse_size, run_stream
+from mess_edge.run.threads import loop_has_time, presents, run_threads, side_work
 from mess_edge.runtime.device import physical_cores
 from mess_edge.run.stats import LatencyHistogram
 
