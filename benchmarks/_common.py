@@ -41,6 +41,40 @@ def cli_json(*args):
     return json.loads(cli(*args))
 
 
+def search_replay_bench(memo, manifest, lut, drop, test, engines, data, inst, bench):
+    """`mess-edge search` (input-dependent, the default promise) at ``drop`` pp on ``memo`` into ``inst``, the
+    instance replayed on the test memo ``test`` (a Memo), and `mess-edge bench --instance` on ``engines`` (200
+    test images of ``data`` x 3, interleaved) into ``bench``: the row calibration_size and head_space report."""
+    sys.path.insert(0, ROOT)
+    from mess_edge.search.instance import simulate
+
+    cli("search", "--memo", memo, "--manifest", manifest, "--lut", lut, "--setting", "input-dependent",
+        "--max-drop", drop, "--out", inst)
+    with open(inst) as f:
+        instance = json.load(f)
+    replay = simulate(test, instance)
+    cli("bench", engines, "--instance", inst, "--data", data, "--images", 200, "--reps", 3, "--json", bench)
+    with open(bench) as f:
+        b = json.load(f)
+    final = float(test.head_miou()[test.n_heads]) * 100.0
+    return {"max_drop_pp": drop, "exits": [e["graph"] for e in instance["exits"]],
+            "exit_fractions_cal": instance["exit_fractions"],
+            "predicted_speedup": instance["final_only_cost"] / instance["expected_cost"],
+            "test_final_miou": final, "test_drop_pp": final - replay["miou"],
+            "test_exit_fractions": replay["exit_fractions"], "measured_speedup": b["speedup"],
+            "bench_predicted_speedup": b["predicted_speedup"], "bench_drop_pp": b["miou_drop_pp"]}
+
+
+def exits_text(graphs):
+    """["head_e0_c1b1r0h0", ...] -> "e0_c1b1r0h0 ..." ("final only" when empty), for result tables."""
+    return " ".join(g.replace("head_", "") for g in graphs) or "final only"
+
+
+def fractions_text(fractions):
+    """{graph or "final": fraction} -> "e0_c1b1r0h0 45%, final 55%", for result tables."""
+    return ", ".join("{} {:.0%}".format(k.replace("head_", ""), v) for k, v in fractions.items())
+
+
 def conditions():
     sys.path.insert(0, ROOT)
     from mess_edge.runtime.device import cpu_model

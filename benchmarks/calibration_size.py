@@ -32,10 +32,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._common import cli, save  # noqa: E402
+from benchmarks._common import exits_text, fractions_text, save, search_replay_bench  # noqa: E402
 from benchmarks.risk_control import held_out_drop  # noqa: E402
 from mess_edge.search.inputs import load_search_inputs  # noqa: E402
-from mess_edge.search.instance import simulate  # noqa: E402
 from mess_edge.search.memo import load_memo, save_memo  # noqa: E402
 from mess_edge.search.optimizer import Objective, search  # noqa: E402
 from mess_edge.search.risk import Promise, controlled_search, subset_memo  # noqa: E402
@@ -83,25 +82,11 @@ def measured(a, pool, test, tmp):
             memo = os.path.join(tmp, "memo_first{}.npz".format(n))
             save_memo(memo, subset_memo(pool, np.arange(n)))
         for d in a.bench_drops:
-            inst = os.path.join(tmp, "instance_{}_{:g}.json".format(n, d))
-            cli("search", "--memo", memo, "--manifest", a.manifest, "--lut", a.lut, "--setting", "input-dependent",
-                "--max-drop", d, "--out", inst)
-            with open(inst) as f:
-                instance = json.load(f)
-            replay = simulate(test, instance)
-            bench = os.path.join(tmp, "bench_{}_{:g}.json".format(n, d))
-            cli("bench", a.engines, "--instance", inst, "--data", a.data, "--images", 200, "--reps", 3,
-                "--json", bench)
-            with open(bench) as f:
-                b = json.load(f)
-            out.append({"n_cal": n, "max_drop_pp": d, "exits": [e["graph"] for e in instance["exits"]],
-                        "exit_fractions_cal": instance["exit_fractions"],
-                        "predicted_speedup": instance["final_only_cost"] / instance["expected_cost"],
-                        "test_drop_pp": float(test.head_miou()[test.n_heads]) * 100.0 - replay["miou"],
-                        "test_exit_fractions": replay["exit_fractions"], "measured_speedup": b["speedup"],
-                        "bench_predicted_speedup": b["predicted_speedup"], "bench_drop_pp": b["miou_drop_pp"]})
+            out.append(dict(search_replay_bench(memo, a.manifest, a.lut, d, test, a.engines, a.data, os.path.join(
+                tmp, "instance_{}_{:g}.json".format(n, d)), os.path.join(tmp, "bench_{}_{:g}.json".format(n, d))),
+                n_cal=n))
             print("N {:5d} <= {:g} pp: measured {:.2f}x, test drop {:.2f} pp".format(
-                n, d, b["speedup"], out[-1]["test_drop_pp"]), flush=True)
+                n, d, out[-1]["measured_speedup"], out[-1]["test_drop_pp"]), flush=True)
     return out
 
 
@@ -127,9 +112,8 @@ def markdown(a, pool_n, test_n, rows, measured_rows=()):
                "| max drop (pp) | N cal | exits | predicted | **measured** | test drop (pp) | exits taken on test |",
                "|---|---:|---|---:|---:|---:|---|"]
         md += ["| {:g} | {} | {} | {:.2f}x | **{:.2f}x** | {:.2f} | {} |".format(
-            r["max_drop_pp"], r["n_cal"], " ".join(g.replace("head_", "") for g in r["exits"]) or "final only",
-            r["predicted_speedup"], r["measured_speedup"], r["test_drop_pp"],
-            ", ".join("{} {:.0%}".format(k.replace("head_", ""), v) for k, v in r["test_exit_fractions"].items()))
+            r["max_drop_pp"], r["n_cal"], exits_text(r["exits"]), r["predicted_speedup"], r["measured_speedup"],
+            r["test_drop_pp"], fractions_text(r["test_exit_fractions"]))
             for r in measured_rows]
     return "\n".join(md)
 
@@ -169,6 +153,8 @@ def main():
     if a.engines:
         with tempfile.TemporaryDirectory(prefix="mess-calsize-") as tmp:
             measured_rows = measured(a, pool, test, tmp)
+    else:  # the saved measurements keep their engines and data (none without --measure-only)
+        a.engines, a.data = saved.get("engines"), saved.get("data")
     save(a.out, {"cal_memo": a.cal_memo, "test_memo": a.test_memo, "manifest": a.manifest, "lut": a.lut,
                  "pool_images": pool.n_images, "test_images": test.n_images, "draws": a.draws, "delta": a.delta,
                  "rows": rows, "measured": measured_rows, "engines": a.engines, "data": a.data},

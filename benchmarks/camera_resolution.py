@@ -28,8 +28,7 @@ Runtime, profiled (exit_ceilings.prepare), and searched (input-dependent, <= 1 p
 benchmarks/results/camera_resolution.{json,md} (``--out``).
 
     python benchmarks/camera_resolution.py [--model cpu-mbv2-e8 | --engines DIR --instance FILE] [--frames 400]
-        [--soak] [--quick]
-        [--threads N (every row)] [--out NAME]
+        [--soak] [--quick] [--threads N (every row)] [--out NAME] [--render]
 """
 
 import argparse
@@ -396,6 +395,7 @@ def child_main(args):
 
 
 def main():
+    from mess_edge.run.chain import expected_ms
     from mess_edge.run.threads import run_threads
     from mess_edge.runtime.device import physical_cores
 
@@ -423,10 +423,6 @@ def main():
     if args.render:
         with open(os.path.join(HERE, "results", args.out + ".json")) as f:
             p = json.load(f)
-        if "expected_ms" not in p["run_conditions"]:  # results saved before it was recorded
-            with open(p["instance"]["path"]) as f:
-                inst = json.load(f)
-            p["run_conditions"]["expected_ms"] = inst.get("expected_cost") if inst.get("cost_unit") == "ms" else None
         return save(args.out, {k: v for k, v in p.items() if k != "conditions"}, markdown(
             p["rows"], p["overlay_alone_ms"], p["every_frame"], p["soak"], p["run_conditions"]))
     if (args.engines is None) != (args.instance is None):
@@ -458,7 +454,7 @@ def main():
         inst = json.load(f)
     loads = [v for r in rows for v in r["load_average"]]
     conditions = {"model": model, "cores": cores, "settings": settings, "presenting": presenting,
-                  "expected_ms": inst.get("expected_cost") if inst.get("cost_unit") == "ms" else None,
+                  "expected_ms": expected_ms(inst),
                   "fps": CAMERA_FPS, "load": "{:.1f}-{:.1f}".format(min(loads), max(loads))}
     payload = {"rows": rows, "every_frame": every_frame, "overlay_alone_ms": alone, "soak": soak_result,
                "instance": {"path": args.instance, "setting": inst.get("setting"),

@@ -13,7 +13,6 @@ checkpoints run back to back per budget. Saves benchmarks/results/head_space.{js
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -22,33 +21,9 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
-from benchmarks._common import cli, save  # noqa: E402
+from benchmarks._common import exits_text, fractions_text, save, search_replay_bench  # noqa: E402
 from exit_ceilings import prepare  # noqa: E402
-from mess_edge.search.instance import simulate  # noqa: E402
 from mess_edge.search.memo import load_memo  # noqa: E402
-
-
-def searched(name, p, drop, test):
-    """`mess-edge search` at ``drop`` pp on the cal memo, replayed on ``test``: (instance path, row)."""
-    inst = os.path.join(os.path.dirname(p["memo"]), "instance-{:g}.json".format(drop))
-    cli("search", "--memo", p["memo"], "--manifest", os.path.join(p["onnx"], "manifest.json"), "--lut", p["lut"],
-        "--setting", "input-dependent", "--max-drop", drop, "--out", inst)
-    with open(inst) as f:
-        instance = json.load(f)
-    replay = simulate(test, instance)
-    return inst, {"model": name, "max_drop_pp": drop, "heads_per_exit": test.n_heads // len(set(test.head_exit)),
-                  "exits": [e["graph"] for e in instance["exits"]],
-                  "predicted_speedup": instance["final_only_cost"] / instance["expected_cost"],
-                  "test_drop_pp": float(test.head_miou()[test.n_heads]) * 100.0 - replay["miou"],
-                  "test_final_miou": float(test.head_miou()[test.n_heads]) * 100.0,
-                  "test_exit_fractions": replay["exit_fractions"]}
-
-
-def benched(p, inst, data):
-    out = os.path.join(os.path.dirname(inst), "bench-" + os.path.basename(inst))
-    cli("bench", p["engines"], "--instance", inst, "--data", data, "--images", 200, "--reps", 3, "--json", out)
-    with open(out) as f:
-        return json.load(f)
 
 
 def markdown(a, rows):
@@ -60,10 +35,8 @@ def markdown(a, rows):
           "exits taken on test |", "|---|---|---:|---|---:|---:|---:|---|"]
     for r in rows:
         md.append("| {:g} | {} | {} | {} | {:.2f}x | **{:.2f}x** | {:.2f} | {} |".format(
-            r["max_drop_pp"], r["model"], r["heads_per_exit"],
-            " ".join(g.replace("head_", "") for g in r["exits"]) or "final only", r["predicted_speedup"],
-            r["measured_speedup"], r["test_drop_pp"],
-            ", ".join("{} {:.0%}".format(k.replace("head_", ""), v) for k, v in r["test_exit_fractions"].items())))
+            r["max_drop_pp"], r["model"], r["heads_per_exit"], exits_text(r["exits"]), r["predicted_speedup"],
+            r["measured_speedup"], r["test_drop_pp"], fractions_text(r["test_exit_fractions"])))
     return "\n".join(md)
 
 
@@ -85,10 +58,11 @@ def main():
     rows = []
     for drop in a.drops:
         for name, p in models:
-            inst, row = searched(name, p, drop, load_memo(p["test_memo"]))
-            b = benched(p, inst, a.data)
-            row.update(measured_speedup=b["speedup"], bench_drop_pp=b["miou_drop_pp"])
-            rows.append(row)
+            test, work = load_memo(p["test_memo"]), os.path.dirname(p["memo"])
+            row = search_replay_bench(p["memo"], os.path.join(p["onnx"], "manifest.json"), p["lut"], drop, test,
+                                      p["engines"], a.data, os.path.join(work, "instance-{:g}.json".format(drop)),
+                                      os.path.join(work, "bench-instance-{:g}.json".format(drop)))
+            rows.append(dict(row, model=name, heads_per_exit=test.n_heads // len(set(test.head_exit.tolist()))))
             print("{} <= {:g} pp: measured {:.2f}x (predicted {:.2f}x), test drop {:.2f} pp".format(
                 name, drop, row["measured_speedup"], row["predicted_speedup"], row["test_drop_pp"]), flush=True)
     save(a.out, {"data": a.data, "ckpt": a.ckpt, "rows": rows}, markdown(a, rows))

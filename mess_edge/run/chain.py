@@ -65,8 +65,7 @@ class Plan(object):
             raise MessError("got instance setting {!r}; expected one of {}".format(setting, ", ".join(SETTINGS)))
         _check_provenance(engines, instance)
         self.setting, self.final = setting, bool(instance.get("final", True))
-        cost = instance.get("expected_cost")  # the search's estimate per frame, in ms when priced by a latency table
-        self.expected_ms = float(cost) if instance.get("cost_unit") == "ms" and isinstance(cost, (int, float)) else None
+        self.expected_ms = expected_ms(instance)
         th_pix = instance.get("th_pix")
         self.th_pix = DEFAULT_TH_PIX if th_pix is None else float(th_pix)
         self.segments = [g["name"] for g in engines.by_role("segment")]
@@ -108,6 +107,12 @@ class Plan(object):
         """Every graph name the chain runs (each once), upsample graphs last."""
         names = self.segments + [x.graph for x in self.exits] + ["final"]
         return names + sorted(set(self.upsample.values()))
+
+
+def expected_ms(instance):
+    """The search's estimate of an instance's latency per frame (ms), or None when it was priced in MACs."""
+    cost = instance.get("expected_cost")
+    return float(cost) if instance.get("cost_unit") == "ms" and isinstance(cost, (int, float)) else None
 
 
 def _check_provenance(engines, instance):

@@ -59,4 +59,3 @@ def run(instance, engine_dir, camera, source, camera_size, camera_fps, camera_fo
         import signal
 
         return 128 + int(getattr(signal, stats["signal"]))
-
