@@ -67,7 +67,40 @@ def load_checkpoint(path):
         if key not in ckpt:
             raise MessError("checkpoint {} lacks {!r}; it was not written by this version".format(path, key))
     _verify_tensors(path, ckpt)
+    if ckpt.get("stored_dtype") == "int8":
+        ckpt["state_dict"] = dequantize_int8(ckpt["state_dict"])
     return ckpt
+
+
+INT8_SCALE = ".int8_scale"  # state-dict suffix of an int8-stored tensor's per-output-channel scales
+
+
+def quantize_int8(state_dict):
+    """Weight-only storage of a state dict: every floating tensor of >= 2 dims as int8 with one float32 scale per
+    output channel (symmetric, max |w| / 127), stored as NAME + INT8_SCALE; other floating tensors as float16.
+    For shipping a checkpoint under a size limit; ``dequantize_int8`` undoes it (lossy: evaluate the stored file)."""
+    out = {}
+    for k, v in state_dict.items():
+        if not v.is_floating_point():
+            out[k] = v
+        elif v.dim() >= 2:
+            scale = v.detach().abs().amax(dim=tuple(range(1, v.dim())), keepdim=True).float().clamp_min(1e-12) / 127
+            out[k] = torch.round(v.float() / scale).clamp(-127, 127).to(torch.int8)
+            out[k + INT8_SCALE] = scale
+        else:
+            out[k] = v.half()
+    return out
+
+
+def dequantize_int8(state_dict):
+    """The float32 state dict of ``quantize_int8``'s output."""
+    out = {}
+    for k, v in state_dict.items():
+        if k.endswith(INT8_SCALE):
+            continue
+        scale = state_dict.get(k + INT8_SCALE)
+        out[k] = v.float() * scale if scale is not None else (v.float() if v.is_floating_point() else v)
+    return out
 
 
 def tensors_sha256(state_dict):

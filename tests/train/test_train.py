@@ -112,7 +112,7 @@ def test_half_storage_ships_and_loads_as_float32(tiny_ckpts, tmp_path):
 
     full, half = str(tmp_path / "full.pt"), str(tmp_path / "half.pt")
     _ship_without_optimizer(tiny_ckpts[1], full)
-    _ship_without_optimizer(tiny_ckpts[1], half, half=True)
+    _ship_without_optimizer(tiny_ckpts[1], half, "float16")
     ck = load_checkpoint(half)  # its recomputed tensors hash verifies
     assert ck["stored_dtype"] == "float16" and ck["optimizer"] is None
     assert {v.dtype for v in ck["state_dict"].values() if v.is_floating_point()} == {torch.float16}
@@ -123,6 +123,45 @@ def test_half_storage_ships_and_loads_as_float32(tiny_ckpts, tmp_path):
     with torch.no_grad():
         ya, yb = a(x), b(x)
     assert (ya.argmax(1) == yb.argmax(1)).float().mean() > 0.99  # fp16 rounding of the weights only
+
+
+def test_int8_storage_against_per_channel_reference():
+    from mess_edge.train.checkpoint import INT8_SCALE, dequantize_int8, quantize_int8
+
+    g = torch.Generator().manual_seed(3)
+    sd = {"conv.weight": torch.randn(5, 3, 3, 3, generator=g) * torch.arange(1, 6).view(5, 1, 1, 1),
+          "bn.weight": torch.randn(5, generator=g), "bn.num_batches_tracked": torch.tensor(7)}
+    q = quantize_int8(sd)
+    assert q["conv.weight"].dtype == torch.int8 and q["bn.weight"].dtype == torch.float16
+    assert set(q) == set(sd) | {"conv.weight" + INT8_SCALE}
+    back = dequantize_int8(q)
+    assert set(back) == set(sd) and back["bn.num_batches_tracked"].item() == 7
+    w = sd["conv.weight"].numpy()
+    for c in range(5):  # symmetric per output channel: step max|w| / 127, error at most half a step
+        step = np.abs(w[c]).max() / 127
+        ref = np.round(w[c] / step) * step
+        np.testing.assert_allclose(back["conv.weight"][c].numpy(), ref, rtol=1e-5, atol=1e-6)
+        assert np.abs(back["conv.weight"][c].numpy() - w[c]).max() <= step / 2 + 1e-6
+
+
+def test_int8_storage_ships_and_loads_as_float32(tiny_ckpts, tmp_path):
+    from mess_edge.assets.make_checkpoint import _ship_without_optimizer, ship
+
+    full, small = str(tmp_path / "full.pt"), str(tmp_path / "int8.pt")
+    _ship_without_optimizer(tiny_ckpts[1], full)
+    _ship_without_optimizer(tiny_ckpts[1], small, "int8")
+    ck = load_checkpoint(small)  # the hash covers the stored int8 tensors; the loaded dict is float32 again
+    assert ck["stored_dtype"] == "int8" and os.path.getsize(small) < 0.5 * os.path.getsize(full)
+    a, b = build_model(load_checkpoint(full)).eval(), build_model(ck).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ya, yb = a(x), b(x)
+    assert (ya.argmax(1) == yb.argmax(1)).float().mean() > 0.97
+    # ship() takes the widest storage under the limit
+    mb = os.path.getsize(full) / 1e6
+    assert ship(tiny_ckpts[1], str(tmp_path / "a.pt"), max_mb=mb * 1.01) is None
+    assert ship(tiny_ckpts[1], str(tmp_path / "b.pt"), max_mb=mb * 0.6) == "float16"
+    assert ship(tiny_ckpts[1], str(tmp_path / "c.pt"), max_mb=mb * 0.47) == "int8"
 
 
 def test_eval_json_fields(tiny_ckpts, scenes):
