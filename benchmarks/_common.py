@@ -44,9 +44,15 @@ def cli_json(*args):
 def search_replay_bench(memo, manifest, lut, drop, test, engines, data, inst, bench):
     """`mess-edge search` (input-dependent, the default promise) at ``drop`` pp on ``memo`` into ``inst``, the
     instance replayed on the test memo ``test`` (a Memo), and `mess-edge bench --instance` on ``engines`` (200
-    test images of ``data`` x 3, interleaved) into ``bench``: the row calibration_size and head_space report."""
+    test images of ``data`` x 3, interleaved) into ``bench``: the row calibration_size and head_space report.
+    measured_speedup is over the faster plain model (bench's baseline: final-only chain or monolithic graph),
+    measured_vs_final_only over the path the prediction is made against; predicted_on_bench_images is the table's
+    prediction at the exits the bench's own images take (the search's is at its calibration images' exits)."""
     sys.path.insert(0, ROOT)
+    import numpy as np
+
     from mess_edge.search.instance import simulate
+    from mess_edge.search.risk import subset_memo
 
     cli("search", "--memo", memo, "--manifest", manifest, "--lut", lut, "--setting", "input-dependent",
         "--max-drop", drop, "--out", inst)
@@ -56,13 +62,18 @@ def search_replay_bench(memo, manifest, lut, drop, test, engines, data, inst, be
     cli("bench", engines, "--instance", inst, "--data", data, "--images", 200, "--reps", 3, "--json", bench)
     with open(bench) as f:
         b = json.load(f)
+    # the same table priced at the exits the bench's images (the test split's first 200) take: what bench measures
+    seen = simulate(subset_memo(test, np.arange(min(200, test.n_images))), instance)
     final = float(test.head_miou()[test.n_heads]) * 100.0
     return {"max_drop_pp": drop, "exits": [e["graph"] for e in instance["exits"]],
             "exit_fractions_cal": instance["exit_fractions"],
             "predicted_speedup": instance["final_only_cost"] / instance["expected_cost"],
             "test_final_miou": final, "test_drop_pp": final - replay["miou"],
             "test_exit_fractions": replay["exit_fractions"], "measured_speedup": b["speedup"],
-            "bench_predicted_speedup": b["predicted_speedup"], "bench_drop_pp": b["miou_drop_pp"]}
+            "baseline": b["baseline"], "measured_vs_final_only": b.get("speedup_vs_final_only", b["speedup"]),
+            "bench_predicted_speedup": b["predicted_speedup"], "bench_drop_pp": b["miou_drop_pp"],
+            "bench_exit_histogram": seen["exit_histogram"],
+            "predicted_on_bench_images": instance["final_only_cost"] / seen["expected_cost"]}
 
 
 def exits_text(graphs):

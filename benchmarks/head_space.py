@@ -5,7 +5,7 @@ with the final exit on more images per millisecond. Each ``--ckpt NAME=PATH`` (s
 stage 1 and recipe, different ``--space``) is calibrated on ``--data``'s cal and test splits, exported, built
 for ONNX Runtime and profiled (exit_ceilings.prepare, under ``--work``), searched (input-dependent, the default
 promise) at each of ``--drops``, replayed on the test memo (its drop on the test images), and measured by
-`mess-edge bench --instance` (200 test images x 3, interleaved, over the final-only path); the benches of all
+`mess-edge bench --instance` (200 test images x 3, interleaved, over the faster plain model); the benches of all
 checkpoints run back to back per budget. Saves benchmarks/results/head_space.{json,md} (``--out``).
 
     python benchmarks/head_space.py --data runs/ds128c --ckpt small8=runs/demo-cal2000/stage2.pt \\
@@ -30,7 +30,8 @@ def markdown(a, rows):
     md = ["# A wider space of exit heads: searched and measured side by side", "",
           "Data {} (cal split for the search, test split for the drops and the bench); checkpoints {}; "
           "input-dependent, default promise; `mess-edge bench --instance` 200 test images x 3, interleaved, "
-          "the checkpoints' benches back to back per budget.".format(a.data, ", ".join(a.ckpt)), "",
+          "the checkpoints' benches back to back per budget; measured over the faster plain model (bench's "
+          "baseline: the chained final-only path or the monolithic graph).".format(a.data, ", ".join(a.ckpt)), "",
           "| max drop (pp) | model | heads per exit | exits chosen | predicted | **measured** | test drop (pp) | "
           "exits taken on test |", "|---|---|---:|---|---:|---:|---:|---|"]
     for r in rows:
