@@ -44,7 +44,8 @@ def cli_json(*args):
 def search_replay_bench(memo, manifest, lut, drop, test, engines, data, inst, bench):
     """`mess-edge search` (input-dependent, the default promise) at ``drop`` pp on ``memo`` into ``inst``, the
     instance replayed on the test memo ``test`` (a Memo), and `mess-edge bench --instance` on ``engines`` (200
-    test images of ``data`` x 3, interleaved) into ``bench``: the row calibration_size and head_space report.
+    test images of ``data`` x 3, in bench's default blocks) into ``bench``: the row calibration_size and head_space
+    report.
     measured_speedup is over the faster plain model (bench's baseline: final-only chain or monolithic graph),
     measured_vs_final_only over the path the prediction is made against; predicted_on_bench_images is the table's
     prediction at the exits the bench's own images take (the search's is at its calibration images' exits)."""
@@ -72,7 +73,7 @@ def search_replay_bench(memo, manifest, lut, drop, test, engines, data, inst, be
             "test_exit_fractions": replay["exit_fractions"], "measured_speedup": b["speedup"],
             "baseline": b["baseline"], "measured_vs_final_only": b.get("speedup_vs_final_only", b["speedup"]),
             "bench_predicted_speedup": b["predicted_speedup"], "bench_drop_pp": b["miou_drop_pp"],
-            "bench_exit_histogram": seen["exit_histogram"],
+            "bench_exit_histogram": seen["exit_histogram"], "bench_block": b.get("block", 1),
             "predicted_on_bench_images": instance["final_only_cost"] / seen["expected_cost"]}
 
 

@@ -11,7 +11,7 @@ drop, and the mean speedup predicted from the table on the search's own images (
 
 With ``--engines DIR --data DATA`` it also measures, as a user would: `mess-edge search` (default promise) on the
 pool's first N images for each N and each of ``--bench-drops``, the instance replayed on the test memo (its drop on
-the 500 test images), and `mess-edge bench --instance` (200 test images x 3, interleaved): the speedup measured
+the 500 test images), and `mess-edge bench --instance` (200 test images x 3, in blocks): the speedup measured
 through the runtime over the faster plain model (the chained final-only path or the monolithic graph), and over the
 final-only path the prediction is made against. ``--reprofile`` profiles the engines again into a fresh table just
 before each measured row and searches with it, as a user profiling on the day would: a shared VM's speed drifts by
@@ -115,13 +115,17 @@ def markdown(a, pool_n, test_n, rows, measured_rows=()):
             md.append("| {:g} | {} | {} | {} |".format(d, n, *cells))
     if measured_rows:
         fresh = all(r.get("reprofiled") for r in measured_rows)
+        blocks = sorted({r.get("bench_block", 1) for r in measured_rows})
+        order = "frame by frame" if blocks == [1] else "in blocks of {} frames".format(
+            " / ".join(str(b) for b in blocks))
         md += ["", "Measured as a user would: `mess-edge search` (default promise) on the pool's first N images{}, "
                "the instance replayed on the {} test images, and `mess-edge bench --instance` ({}; 200 test images x "
-               "3, interleaved). **measured** is over the faster plain model (bench's baseline), the next column over "
-               "the chained final-only path the prediction (the search's, at its own images' exits) is made "
+               "3, interleaved {}). **measured** is over the faster plain model (bench's baseline), the next column "
+               "over the chained final-only path the prediction (the search's, at its own images' exits) is made "
                "against, then the same table's prediction at the exits the bench's 200 images take, and the "
                "measurement's error against it:".format(
-                   ", priced on a table profiled just before (`--reprofile`)" if fresh else "", test_n, a.engines), "",
+                   ", priced on a table profiled just before (`--reprofile`)" if fresh else "", test_n, a.engines,
+                   order), "",
                "| max drop (pp) | N cal | exits | predicted | **measured** | measured / final-only | predicted on the "
                "bench's images (error) | test drop (pp) | exits taken on test |",
                "|---|---:|---|---:|---:|---:|---:|---:|---|"]

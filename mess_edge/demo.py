@@ -119,9 +119,11 @@ def speed_sentence(bench, band=0.02):
                "slower than the plain model on this machine" if measured <= 1 - band else
                "neither faster nor slower than the plain model on this machine (within {:.0%})".format(band))
     text = ("early exit is {}: measured {:.3f} vs {:.3f} ms ({}), speedup {:.2f}x, "
-            "interleaved on {} test images x {} (mess-edge bench --instance)".format(
+            "interleaved {} on {} test images x {} (mess-edge bench --instance)".format(
                 verdict, bench["configs"]["instance"]["mean_ms"], bench["configs"][bench["baseline"]]["mean_ms"],
-                bench["baseline"], measured, bench["frames"], bench["reps"]))
+                bench["baseline"], measured,
+                "frame by frame" if bench.get("block", 1) == 1 else "in blocks of {} frames".format(bench["block"]),
+                bench["frames"], bench["reps"]))
     if predicted is not None:
         text += "; the search predicted {:.2f}x from the latency table".format(predicted)
         like = bench.get("speedup_vs_final_only")

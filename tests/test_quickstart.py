@@ -36,7 +36,9 @@ def test_demo_pipeline_from_the_shell(tmp_path):
     assert bench["frames"] == 24 and bench["reps"] == 3 and set(bench["configs"]) == {"instance", "final-only",
                                                                                        "monolithic"}
     assert "measured {:.3f} vs".format(bench["configs"]["instance"]["mean_ms"]) in r.stdout
-    assert "speedup {:.2f}x, interleaved on 24 test images".format(bench["speedup"]) in r.stdout
+    assert bench["block"] == 25
+    assert "speedup {:.2f}x, interleaved in blocks of 25 frames on 24 test images".format(
+        bench["speedup"]) in r.stdout
 
     import cv2
 

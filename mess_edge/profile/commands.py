@@ -1,12 +1,13 @@
 """Device-side commands `profile` and `bench`: parse options, call one library function.
 
-Only click and numpy (through mess_edge.confidence's DEFAULT_TH_PIX) are imported here; the backends load
-inside the commands, so `mess-edge --help` works anywhere.
+Only click and numpy (through mess_edge.confidence's DEFAULT_TH_PIX and instance_bench's DEFAULT_BLOCK) are
+imported here; the backends load inside the commands, so `mess-edge --help` works anywhere.
 """
 
 import click
 
 from mess_edge.confidence import DEFAULT_TH_PIX
+from mess_edge.profile.instance_bench import DEFAULT_BLOCK
 
 
 _THREADS = click.option("--threads", type=click.IntRange(1), default=None,
@@ -70,13 +71,15 @@ def profile(engine_dir, out, min_iters, min_seconds, warmup_s, th_pix, threads, 
 @click.option("--images", type=click.IntRange(1), default=200, show_default=True, help="--instance: frames used.")
 @click.option("--reps", type=click.IntRange(1), default=3, show_default=True, help="--instance: passes over them.")
 @click.option("--deadline-ms", type=float, default=None, help="--instance: anytime instances' deadline per frame.")
+@click.option("--block", type=click.IntRange(1), default=DEFAULT_BLOCK, show_default=True,
+              help="--instance: frames each path runs in a row before the next takes them (1: frame by frame).")
 @click.option("--json", "json_out", type=click.Path(), default=None, help="Also save the result as JSON.")
 @_THREADS
 @_DEVICE
-def bench(engine_dir, min_seconds, pairs, instance_path, data, split, source, images, reps, deadline_ms, json_out,
-          threads, device_index):
+def bench(engine_dir, min_seconds, pairs, instance_path, data, split, source, images, reps, deadline_ms, block,
+          json_out, threads, device_index):
     """Latency and GMAC/s of every graph; chained final-only path vs the fastest monolithic setting. With
-    --instance: the instance's measured speedup over final-only, interleaved frame by frame on real frames."""
+    --instance: the instance's measured speedup over final-only on real frames, interleaved in blocks of frames."""
     from mess_edge.artifacts import check_outputs, write_json_atomic
 
     check_outputs([("--json", json_out)], [("ENGINE_DIR", engine_dir), ("--instance", instance_path),
@@ -86,7 +89,7 @@ def bench(engine_dir, min_seconds, pairs, instance_path, data, split, source, im
         from mess_edge.profile.instance_bench import bench_instance, format_instance_bench
 
         result = bench_instance(engine_dir, instance_path, data, split, source, images, reps, deadline_ms,
-                                show_progress=True, device_index=device_index)
+                                show_progress=True, device_index=device_index, block=block)
         click.echo(format_instance_bench(result))
         if json_out:
             write_json_atomic(json_out, result)

@@ -14,11 +14,20 @@ import numpy as np
 
 from mess_edge.errors import MessError
 
+# Frames each path runs in a row in `mess-edge bench --instance` (interleaved's ``block``): long enough that a
+# path runs on its own warm caches as a deployment does, short enough (~0.1 s here) that the machine's drift
+# falls on every path alike.
+DEFAULT_BLOCK = 25
 
-def interleaved(paths, frames, labels=None, num_classes=None, reps=1, warmup=5, show_progress=False):
+
+def interleaved(paths, frames, labels=None, num_classes=None, reps=1, warmup=5, show_progress=False, block=1):
     """Time ``paths`` ({name: fn(i, x) -> (label map int [H, W], graph taken or None)}) on ``frames`` (float32
-    [1, 3, H, W] each), every frame through every path before the next frame, the order reversed on every other
-    frame. ``labels`` (uint8 [H, W] per frame, 255 ignored) adds each path's mIoU, from the first pass.
+    [1, 3, H, W] each), in blocks of ``block`` frames: every path runs a block's frames in a row before the next
+    path takes the same block, the paths' order reversed on every other block (drift of the machine falls on
+    all paths alike). ``block`` 1 is frame by frame: every path then starts on caches another path filled, which
+    a deployment (one path, frame after frame) never sees; on a 2-core CPU that costs an early-exit instance
+    3-4% more than the plain paths (benchmarks/bench_order.py). ``labels`` (uint8 [H, W] per frame, 255
+    ignored) adds each path's mIoU, from the first pass.
     Returns {name: {"mean_ms", "median_ms", "n", "miou" (percent or None), "exits" ({graph: frames} or None),
     "taken" (graph per frame or None), "ms" (per frame, first pass)}}. ``show_progress``: a bar (or log lines)
     on stderr, advanced outside the timed calls."""
@@ -27,6 +36,8 @@ def interleaved(paths, frames, labels=None, num_classes=None, reps=1, warmup=5, 
 
     if not frames:
         raise MessError("got no frames to time; expected at least one image")
+    if not (isinstance(block, int) and block >= 1):
+        raise MessError("got block {!r}; expected a whole number of frames >= 1; try 25".format(block))
     names = list(paths)
     for i, x in enumerate(frames[:warmup]):
         for name in names:
@@ -37,16 +48,19 @@ def interleaved(paths, frames, labels=None, num_classes=None, reps=1, warmup=5, 
     bar = progress(reps * len(frames), "bench {}".format(" / ".join(names)), show_progress, unit="frames")
     with bar:
         for rep in range(reps):
-            for i, x in enumerate(frames):
-                for name in (names if (i + rep) % 2 == 0 else names[::-1]):
-                    t0 = time.perf_counter()
-                    out, graph = paths[name](i, x)
-                    times[name].append((time.perf_counter() - t0) * 1e3)
-                    if rep == 0:
-                        taken[name].append(graph)
-                        if conf is not None:
-                            conf[name] += confusion_matrix(out, labels[i], num_classes)
-                bar.update(1)
+            for b, start in enumerate(range(0, len(frames), block)):
+                stop = min(start + block, len(frames))
+                for name in (names if (b + rep) % 2 == 0 else names[::-1]):
+                    fn, ms = paths[name], times[name]
+                    for i in range(start, stop):
+                        t0 = time.perf_counter()
+                        out, graph = fn(i, frames[i])
+                        ms.append((time.perf_counter() - t0) * 1e3)
+                        if rep == 0:
+                            taken[name].append(graph)
+                            if conf is not None:
+                                conf[name] += confusion_matrix(out, labels[i], num_classes)
+                bar.update(stop - start)
     result = collections.OrderedDict()
     for name in names:
         ms = np.asarray(times[name])
@@ -102,14 +116,14 @@ def load_frames(engines, data=None, split="test", source=None, limit=200):
 
 
 def bench_instance(engine_dir, instance_path, data=None, split="test", source=None, images=200, reps=3,
-                   deadline_ms=None, show_progress=False, device_index=0):
+                   deadline_ms=None, show_progress=False, device_index=0, block=DEFAULT_BLOCK):
     """The instance's chain vs the chained final-only path and the monolithic graph on real frames, interleaved.
     Returns {"configs": interleaved's dict for "instance", "final-only", "monolithic", "baseline" (the faster
     final-only path by mean), "speedup" (baseline mean / instance mean), "paired_speedup_median" (per frame,
     baseline / instance), "predicted_speedup" (from the instance's cost table, ms instances only),
     "miou_drop_pp" (baseline - instance, with labels), "frames", "reps", ...}. ``deadline_ms``: anytime
-    instances, as `mess-edge run --deadline-ms`. ``show_progress``: as interleaved's. ``device_index``: TensorRT's
-    CUDA device."""
+    instances, as `mess-edge run --deadline-ms`. ``show_progress``, ``block``: as interleaved's. ``device_index``:
+    TensorRT's CUDA device."""
     from mess_edge.run.chain import Chain, load_instance
     from mess_edge.build.engine_set import load_engines
 
@@ -139,7 +153,7 @@ def bench_instance(engine_dir, instance_path, data=None, split="test", source=No
             image_input = monolithic[0]["inputs"][0]["name"]
             paths["monolithic"] = lambda i, x: (mono.infer({image_input: x}, check_inputs=False)["labels"][0], None)
         configs = interleaved(paths, frames, labels, engines.manifest["num_classes"], reps,
-                              show_progress=show_progress)
+                              show_progress=show_progress, block=block)
     finally:
         for c in entered:
             c.__exit__(None, None, None)
@@ -157,7 +171,8 @@ def bench_instance(engine_dir, instance_path, data=None, split="test", source=No
             "speedup_vs_final_only": configs["final-only"]["mean_ms"] / configs["instance"]["mean_ms"],
             "paired_speedup_median": float(np.median(paired)), "predicted_speedup": predicted,
             "miou_drop_pp": (configs[base]["miou"] - configs["instance"]["miou"]) if labels is not None else None,
-            "frames": len(frames), "reps": reps, "deadline_ms": deadline_ms, "data": data, "split": split if data else None, "source": source,
+            "frames": len(frames), "reps": reps, "block": block, "deadline_ms": deadline_ms, "data": data,
+            "split": split if data else None, "source": source,
             "backend": engines.backend, "device": engines.sidecar["device"]["id"],
             "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
@@ -169,8 +184,10 @@ def format_instance_bench(r):
         lines.append("{:<12} {:>10.3f} {:>10.3f} {:>8}  {}".format(
             name, c["mean_ms"], c["median_ms"], "-" if c["miou"] is None else "{:.2f}".format(c["miou"]),
             ", ".join("{} {}".format(k, v) for k, v in sorted(c["exits"].items())) if c["exits"] else "-"))
-    text = "speedup {:.2f}x over {} (mean ms; {} frames x {} passes, interleaved)".format(
-        r["speedup"], r["baseline"], r["frames"], r["reps"])
+    block = r.get("block", 1)
+    text = "speedup {:.2f}x over {} (mean ms; {} frames x {} passes, interleaved {})".format(
+        r["speedup"], r["baseline"], r["frames"], r["reps"],
+        "frame by frame" if block == 1 else "in blocks of {} frames".format(block))
     if r["predicted_speedup"] is not None:
         text += "; the latency table predicted {:.2f}x".format(r["predicted_speedup"])
         if r["baseline"] != "final-only" and r.get("speedup_vs_final_only") is not None:

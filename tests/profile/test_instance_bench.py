@@ -53,6 +53,33 @@ def test_interleaved_alternates_and_scores_like_a_plain_loop():
         interleaved(paths, [], None, 3)
 
 
+def test_interleaved_blocks_run_each_path_over_a_block_in_a_row():
+    frames = [np.full((1, 1, 2, 2), i, np.float32) for i in range(5)]
+    labels = [np.full((2, 2), i % 3, np.uint8) for i in range(5)]
+    calls = []
+
+    def path(name):
+        def fn(i, x):
+            assert x[0, 0, 0, 0] == i  # the frame the index names
+            calls.append((i, name))
+            return np.full((2, 2), i % 3 if name == "a" else 0, np.int32), None
+        return fn
+
+    paths = collections.OrderedDict([("a", path("a")), ("b", path("b"))])
+    r = interleaved(paths, frames, labels, 3, reps=2, warmup=0, block=2)
+    a, b = [(i, "a") for i in range(5)], [(i, "b") for i in range(5)]
+    # blocks [0, 1] [2, 3] [4]: a then b, b then a, a then b; the second pass starts the other way round
+    assert calls == (a[0:2] + b[0:2] + b[2:4] + a[2:4] + a[4:] + b[4:]
+                     + b[0:2] + a[0:2] + a[2:4] + b[2:4] + b[4:] + a[4:])
+    framewise = interleaved(paths, frames, labels, 3, reps=1, warmup=0)
+    for name in paths:  # the order changes the timings only
+        assert r[name]["miou"] == framewise[name]["miou"] and r[name]["n"] == 10 and len(r[name]["ms"]) == 5
+    assert r["a"]["miou"] == 100.0
+    for bad in (0, 2.5, None):
+        with pytest.raises(MessError, match="got block {!r}; expected a whole number of frames >= 1".format(bad)):
+            interleaved(paths, frames, labels, 3, block=bad)
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """(engines, instance path, instance dict, VOC folder of 8 labelled 32x32 scenes, video of them)."""
@@ -102,6 +129,7 @@ def test_bench_instance_matches_the_reference_chain(setup):
     assert r["speedup"] == pytest.approx(c[r["baseline"]]["mean_ms"] / c["instance"]["mean_ms"])
     assert r["miou_drop_pp"] == pytest.approx(c[r["baseline"]]["miou"] - c["instance"]["miou"])
     assert "speedup {:.2f}x over {}".format(r["speedup"], r["baseline"]) in format_instance_bench(r)
+    assert r["block"] == 25 and "8 frames x 2 passes, interleaved in blocks of 25 frames" in format_instance_bench(r)
     fo = r["configs"]["final-only"]["mean_ms"] / r["configs"]["instance"]["mean_ms"]
     assert r["speedup_vs_final_only"] == pytest.approx(fo)
     if r["baseline"] == "monolithic":  # the prediction is against the chained final-only path: said beside it
@@ -130,9 +158,10 @@ def test_bench_instance_command_without_torch(setup, tmp_path):
         return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
 
     r = cli("bench", engines.dir, "--instance", path, "--data", voc, "--images", 4, "--reps", 1, "--threads", 1,
-            "--json", out)
+            "--block", 1, "--json", out)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "speedup" in r.stdout and json.load(open(out))["frames"] == 4
+    assert "interleaved frame by frame" in r.stdout and json.load(open(out))["frames"] == 4
+    assert json.load(open(out))["block"] == 1
     r = cli("bench", engines.dir, "--data", voc)
     assert r.returncode != 0 and r.stderr.strip().splitlines()[-1] == (
         "error: got --data/--source without --instance; expected --instance INSTANCE.json with them")
